@@ -1,0 +1,1 @@
+"""Benchmarks (`ember bench ...`): measured figures, never timed test assertions."""

@@ -1,0 +1,1 @@
+"""The `ember` console script."""

@@ -1,0 +1,116 @@
+"""`ember up|status|down`: the local cluster and its Serve deployment."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+DASHBOARD = "http://127.0.0.1:8265"
+
+
+def register(commands) -> None:
+    up = commands.add_parser("up", help="start a local Ray cluster and deploy the service")
+    up.add_argument("--config", type=Path, help="Serve config (default cluster/serve/local.yaml)")
+    up.add_argument("--port", type=int, help="HTTP port of the service (overrides the config)")
+    up.add_argument(
+        "--num-cpus",
+        type=int,
+        help="logical CPUs of the head (default: sized from the config, at least 8)",
+    )
+    up.add_argument("--timeout", type=float, default=1200, help="seconds to wait for healthy")
+    up.set_defaults(func=run_up)
+    status = commands.add_parser("status", help="the cluster, applications and models")
+    status.set_defaults(func=run_status)
+    down = commands.add_parser("down", help="remove the service and stop the local cluster")
+    down.set_defaults(func=run_down)
+
+
+def run_up(args) -> int:
+    from ember.cluster import local
+    from ember.cluster.serve_config import (
+        app_names,
+        cpus_needed,
+        default_serve_config,
+        http_endpoint,
+        load_serve_config,
+    )
+    from ember.cluster.serve_status import wait_until_running
+
+    start = time.monotonic()
+    config_path = args.config or default_serve_config()
+    config = load_serve_config(config_path)
+    if args.port:
+        config.setdefault("http_options", {})["port"] = args.port
+        config_path = _write_effective_config(config)
+    host, port = http_endpoint(config)
+    address = local.running_cluster()
+    if address:
+        print(
+            f"a Ray cluster is already running at {address}; deploying onto it "
+            f"(`ember down` stops it, or `ray stop` if you started it yourself)"
+        )
+    else:
+        local.check_ports_free({"Serve HTTP": (host, port)})
+        num_cpus = args.num_cpus or max(8, cpus_needed(config) + 2)
+        local.start_head(num_cpus)
+    print(f"deploying {config_path} ...")
+    local.serve_deploy(config_path, DASHBOARD)
+    wait_until_running(DASHBOARD, app_names(config), timeout_s=args.timeout)
+    _print_ready(host, port, time.monotonic() - start)
+    return 0
+
+
+def _write_effective_config(config: dict) -> Path:
+    import yaml
+
+    from ember.config.paths import run_dir
+
+    path = run_dir() / "serve-effective.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _print_ready(host: str, port: int, seconds: float) -> None:
+    from ember.client import Client
+
+    url = f"http://{host}:{port}"
+    models = [m.id for m in Client(url).models()]
+    print(f"\nEmber is up after {seconds:.0f}s.")
+    print(f"  OpenAI endpoint: {url}/v1   models: {', '.join(models)}")
+    print(f"  Ray dashboard:   {DASHBOARD}")
+    print('  try:             ember chat "What is the capital of France?"')
+
+
+def run_status(args) -> int:
+    from ember.cluster import local
+    from ember.cluster.serve_status import app_summary, serve_details
+
+    address = local.running_cluster()
+    if not address:
+        print("no Ray cluster is running on this machine (`ember up` starts one)")
+        return 1
+    print(f"Ray cluster: {address}   dashboard: {DASHBOARD}")
+    summary = app_summary(serve_details(DASHBOARD))
+    if not summary:
+        print("no Serve applications deployed")
+    for name, app in summary.items():
+        print(f"application {name}: {app['status']} {app['message']}".rstrip())
+        for deployment, state in app["deployments"].items():
+            print(f"  {deployment}: {state}")
+    return 0
+
+
+def run_down(args) -> int:
+    from ember.cluster import local
+
+    if not local.running_cluster():
+        print("no Ray cluster is running; nothing to stop")
+        return 0
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    local.serve_shutdown(DASHBOARD)
+    print("Serve applications removed")
+    local.stop_cluster()
+    print("Ray cluster stopped")
+    return 0

@@ -1,0 +1,45 @@
+"""`ember`: the command line. Subcommands live in their own modules.
+
+Heavy libraries (Ray, torch, vLLM) are imported inside the commands that need
+them, so `ember --help` and `ember chat` start in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import httpx
+
+from ember.cli import bench_cmd, chat_cmd, cluster_cmd, models_cmd
+from ember.errors import EmberError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ember", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (models_cmd, cluster_cmd, chat_cmd, bench_cmd):
+        module.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except httpx.ConnectError as exc:
+        print(
+            f"ember: error: cannot reach the service ({exc}). Is it up? Try `ember status`.",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except EmberError as exc:
+        print(f"ember: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

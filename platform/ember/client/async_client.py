@@ -1,0 +1,74 @@
+"""Asynchronous SDK client; same surface as `Client`, with `await` / `async for`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+
+from ember.client import types as t
+
+
+class AsyncClient:
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        timeout: float = 300.0,
+    ) -> None:
+        self.base_url = t.normalize_base_url(base_url)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=t.auth_headers(api_key), timeout=timeout
+        )
+        self._default_model: str | None = None
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def models(self) -> list[t.ModelInfo]:
+        response = await self._http.get("/v1/models")
+        t.raise_for_error(response.status_code, response.text)
+        return t.parse_models(response.json())
+
+    async def chat(
+        self, messages: t.Messages, model: str | None = None, **sampling
+    ) -> t.ChatResult:
+        body = t.chat_body(messages, await self._model(model), stream=False, sampling=sampling)
+        response = await self._http.post("/v1/chat/completions", json=body)
+        t.raise_for_error(response.status_code, response.text)
+        return t.parse_chat(response.json())
+
+    async def stream_chat(
+        self,
+        messages: t.Messages,
+        model: str | None = None,
+        stream: t.ChatStream | None = None,
+        **sampling,
+    ) -> AsyncIterator[str]:
+        state = stream if stream is not None else t.ChatStream()
+        body = t.chat_body(messages, await self._model(model), stream=True, sampling=sampling)
+        async with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
+            if response.status_code >= 400:
+                t.raise_for_error(response.status_code, (await response.aread()).decode())
+            async for line in response.aiter_lines():
+                event = t.parse_sse_line(line)
+                if event is t.SSE_DONE:
+                    return
+                if event is not None and (delta := state.consume(event)):
+                    yield delta
+
+    async def _model(self, model: str | None) -> str:
+        if model:
+            return model
+        if self._default_model is None:
+            listed = await self.models()
+            if not listed:
+                raise t.EmberAPIError(404, "the server lists no models")
+            self._default_model = listed[0].id
+        return self._default_model

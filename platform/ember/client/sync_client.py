@@ -1,0 +1,78 @@
+"""Synchronous SDK client for an Ember (or any OpenAI-compatible) endpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+
+from ember.client import types as t
+
+
+class Client:
+    """Talks to a running Ember service.
+
+    >>> client = Client("http://127.0.0.1:8000")
+    >>> client.chat("What is the capital of France?", max_tokens=32).content
+    """
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        timeout: float = 300.0,
+    ) -> None:
+        self.base_url = t.normalize_base_url(base_url)
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=t.auth_headers(api_key), timeout=timeout
+        )
+        self._default_model: str | None = None
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def models(self) -> list[t.ModelInfo]:
+        response = self._http.get("/v1/models")
+        t.raise_for_error(response.status_code, response.text)
+        return t.parse_models(response.json())
+
+    def chat(self, messages: t.Messages, model: str | None = None, **sampling) -> t.ChatResult:
+        body = t.chat_body(messages, self._model(model), stream=False, sampling=sampling)
+        response = self._http.post("/v1/chat/completions", json=body)
+        t.raise_for_error(response.status_code, response.text)
+        return t.parse_chat(response.json())
+
+    def stream_chat(
+        self,
+        messages: t.Messages,
+        model: str | None = None,
+        stream: t.ChatStream | None = None,
+        **sampling,
+    ) -> Iterator[str]:
+        """Yield text deltas as they arrive. Pass a `ChatStream` to read usage afterwards."""
+        state = stream if stream is not None else t.ChatStream()
+        body = t.chat_body(messages, self._model(model), stream=True, sampling=sampling)
+        with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
+            if response.status_code >= 400:
+                t.raise_for_error(response.status_code, response.read().decode())
+            for chunk in t.sse_events(response.iter_lines()):
+                delta = state.consume(chunk)
+                if delta:
+                    yield delta
+
+    def _model(self, model: str | None) -> str:
+        """The given model, else the first model the server lists."""
+        if model:
+            return model
+        if self._default_model is None:
+            listed = self.models()
+            if not listed:
+                raise t.EmberAPIError(404, "the server lists no models")
+            self._default_model = listed[0].id
+        return self._default_model

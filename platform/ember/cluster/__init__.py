@@ -1,0 +1,1 @@
+"""The local Ray cluster that `ember up` runs, and the Serve configs it deploys."""

@@ -1,0 +1,131 @@
+"""Start, inspect and stop the local Ray cluster behind `ember up|status|down`.
+
+Design choices:
+- Plain Ray underneath: `ray start --head`, `serve deploy FILE`, `ray stop`
+  run as subprocesses from this virtualenv, so what `ember up` does is what
+  the README's plain-Ray commands do, and the dashboard / `serve status` /
+  `ray job submit` see an ordinary cluster.
+- Ray 2.60 turns token auth on for a new head; Ember's commands run with
+  RAY_AUTH_MODE=token so its own clients send the token (STACK.md).
+- Every refusal (port taken, cluster already there, deploy failed) says what
+  happened and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ember.config.paths import run_dir
+from ember.errors import ClusterError
+
+DASHBOARD_PORT = 8265
+GCS_PORT = 6379
+CLIENT_ENV = {"RAY_AUTH_MODE": "token", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def client_env() -> dict[str, str]:
+    """This process's environment plus what Ray clients here need."""
+    env = {**os.environ}
+    for key, value in CLIENT_ENV.items():
+        env.setdefault(key, value)
+    return env
+
+
+def ray_bin(name: str) -> str:
+    """`ray` / `serve` next to this Python, so the venv's Ray runs them."""
+    return str(Path(sys.executable).parent / name)
+
+
+def running_cluster() -> str | None:
+    """Address of a Ray cluster running on this machine, if any."""
+    from ray._private.services import find_gcs_addresses
+
+    addresses = sorted(find_gcs_addresses())
+    return addresses[0] if addresses else None
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports_free(ports: dict[str, tuple[str, int]]) -> None:
+    taken = [
+        f"{what} port {port} on {host}"
+        for what, (host, port) in ports.items()
+        if port_in_use(host, port)
+    ]
+    if taken:
+        raise ClusterError(
+            f"{', '.join(taken)} already in use by another program. Stop that program "
+            f"(`ss -ltnp | grep PORT` shows which), or choose other ports "
+            f"(`ember up --port N` for the HTTP endpoint)."
+        )
+
+
+def start_head(num_cpus: int, progress=print) -> None:
+    check_ports_free(
+        {"Ray GCS": ("0.0.0.0", GCS_PORT), "Ray dashboard": ("127.0.0.1", DASHBOARD_PORT)}
+    )
+    progress(f"starting a local Ray head with {num_cpus} logical CPUs ...")
+    cmd = [
+        ray_bin("ray"),
+        "start",
+        "--head",
+        f"--num-cpus={num_cpus}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={DASHBOARD_PORT}",
+        "--disable-usage-stats",
+    ]
+    result = subprocess.run(cmd, env=client_env(), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ClusterError(f"`ray start --head` failed:\n{result.stdout}{result.stderr}")
+    _write_state({"started_by_ember": True, "num_cpus": num_cpus, "started_at": time.time()})
+
+
+def stop_cluster() -> None:
+    subprocess.run([ray_bin("ray"), "stop"], env=client_env(), check=False)
+    _state_file().unlink(missing_ok=True)
+
+
+def started_by_ember() -> bool:
+    return _read_state().get("started_by_ember", False)
+
+
+def serve_deploy(config_path: Path, dashboard_url: str) -> None:
+    cmd = [ray_bin("serve"), "deploy", str(config_path), "--address", dashboard_url]
+    result = subprocess.run(cmd, env=client_env(), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ClusterError(f"`serve deploy {config_path}` failed:\n{result.stderr[-3000:]}")
+
+
+def serve_shutdown(dashboard_url: str) -> None:
+    cmd = [ray_bin("serve"), "shutdown", "-y", "--address", dashboard_url]
+    subprocess.run(cmd, env=client_env(), check=False, capture_output=True)
+
+
+def _state_file() -> Path:
+    return run_dir() / "cluster.json"
+
+
+def _write_state(state: dict) -> None:
+    _state_file().parent.mkdir(parents=True, exist_ok=True)
+    _state_file().write_text(json.dumps(state))
+
+
+def _read_state() -> dict:
+    try:
+        return json.loads(_state_file().read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}

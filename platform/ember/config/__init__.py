@@ -1,0 +1,1 @@
+"""Typed settings, YAML loading and Ember's directories."""

@@ -1,0 +1,75 @@
+"""YAML loading with EMBER_* environment overrides and key-naming errors.
+
+An override names a nested key with double underscores:
+`EMBER_SERVE__PORT=9000` sets `serve.port`. Values are parsed as YAML, so
+`EMBER_X=3` is an int and `EMBER_X=[1,2]` a list.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ember.errors import EmberError
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class ConfigError(EmberError, ValueError):
+    """A config file or value is wrong; the message names the key and the file."""
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def apply_env_overrides(
+    data: dict[str, Any], prefix: str = "EMBER_", environ: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Return a copy of `data` with `PREFIX_A__B=value` variables applied."""
+    result = _deep_copy(data)
+    for name, raw in sorted((environ if environ is not None else os.environ).items()):
+        if not name.startswith(prefix) or "__" not in name:
+            continue
+        keys = name[len(prefix) :].lower().split("__")
+        node = result
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = yaml.safe_load(raw)
+    return result
+
+
+def validate(model: type[T], data: dict[str, Any], source: str = "config") -> T:
+    """Validate `data` into `model`, turning pydantic errors into one readable message."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: " + describe_errors(exc)) from exc
+
+
+def describe_errors(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{key}'")
+        else:
+            parts.append(f"'{key}': {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}

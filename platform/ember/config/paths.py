@@ -1,0 +1,27 @@
+"""Where Ember keeps its files: one home folder, overridable with EMBER_HOME.
+
+Default `~/.cache/ember`, so a fresh clone, CI and a user's laptop all work
+without configuration; a cluster points EMBER_HOME at shared storage.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def ember_home() -> Path:
+    return Path(os.environ.get("EMBER_HOME", Path.home() / ".cache" / "ember")).expanduser()
+
+
+def models_dir() -> Path:
+    return ember_home() / "models"
+
+
+def data_dir() -> Path:
+    return ember_home() / "data"
+
+
+def run_dir() -> Path:
+    """State of the local cluster started by `ember up` (ports, logs)."""
+    return ember_home() / "run"

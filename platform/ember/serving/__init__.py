@@ -1,0 +1,1 @@
+"""Serving: typed LLM app config -> ray.serve.llm configs, and Ember's ingress."""
