@@ -1,0 +1,25 @@
+"""Ask the running service a question through the official `openai` package.
+
+    python scripts/ask_openai.py ["question"] [--url http://127.0.0.1:8000]
+"""
+
+import argparse
+
+from openai import OpenAI
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("question", nargs="?", default="What is the capital of France?")
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    args = parser.parse_args()
+    client = OpenAI(base_url=f"{args.url}/v1", api_key="unused")
+    model = client.models.list().data[0].id
+    answer = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": args.question}],
+        max_tokens=64, temperature=0)
+    print(f"[openai package] {model}: {answer.choices[0].message.content}")
+
+
+if __name__ == "__main__":
+    main()

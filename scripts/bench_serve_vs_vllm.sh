@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Ember vs a plain `vllm serve` of the same model with the same engine settings,
+# on this machine, measured side by side in one `ember bench serve` run.
+#
+#   make up && bash scripts/bench_serve_vs_vllm.sh [CONCURRENCY] [MAX_TOKENS]
+#
+# The engine settings mirror cluster/serve/local.yaml; keep them in step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LEVELS=${1:-1,32}
+MAX_TOKENS=${2:-64}
+PORT=${VLLM_PORT:-8100}
+MODEL=smollm2-135m-instruct
+FOLDER=$(.venv/bin/python -c "from ember.models import resolve_model; print(resolve_model('$MODEL'))" | tail -1)
+OUT=${OUT_DIR:-bench-results}
+mkdir -p "$OUT"
+
+echo "[bench] starting plain vLLM on :$PORT with the same engine settings ..."
+VLLM_CPU_KVCACHE_SPACE=2 HF_HUB_OFFLINE=1 .venv/bin/vllm serve "$FOLDER" \
+  --served-model-name $MODEL --port $PORT --host 127.0.0.1 \
+  --max-model-len 2048 --dtype bfloat16 --enforce-eager --max-num-seqs 64 \
+  > "$OUT/vllm-serve.log" 2>&1 &
+VLLM_PID=$!
+trap 'kill $VLLM_PID 2>/dev/null; wait $VLLM_PID 2>/dev/null || true' EXIT
+for _ in $(seq 1 120); do
+  curl -sf "http://127.0.0.1:$PORT/v1/models" >/dev/null && break
+  kill -0 $VLLM_PID 2>/dev/null || { echo "vllm serve died; see $OUT/vllm-serve.log"; exit 1; }
+  sleep 5
+done
+
+.venv/bin/ember bench serve \
+  --target "ember=http://127.0.0.1:8000@$MODEL" \
+  --target "vllm=http://127.0.0.1:$PORT@$MODEL" \
+  --concurrency "$LEVELS" --max-tokens "$MAX_TOKENS" --json "$OUT/serve.json"

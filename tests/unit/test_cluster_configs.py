@@ -1,0 +1,64 @@
+"""Every YAML in cluster/ is validated against Ray's own schemas and Ember's."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ember.cluster.serve_config import cpus_needed, load_serve_config
+from ember.config.loading import ConfigError, validate
+from ember.serving.config import LLMAppConfig
+
+CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
+SERVE_CONFIGS = sorted((CLUSTER / "serve").glob("*.yaml"))
+
+
+def test_every_yaml_in_cluster_is_covered():
+    covered = set(SERVE_CONFIGS) | {CLUSTER / "ray-cluster.yaml"}
+    covered |= set((CLUSTER / "jobs").glob("*.yaml"))
+    assert set(CLUSTER.rglob("*.yaml")) <= covered
+
+
+@pytest.mark.parametrize("path", SERVE_CONFIGS, ids=lambda p: p.name)
+def test_serve_config_is_valid_for_ray_and_ember(path):
+    from ember.serving.llm_app import build_serving_args
+    from ray.serve.llm import LLMServingArgs
+
+    config = load_serve_config(path)  # Ray's ServeDeploySchema + Ember's LLMAppConfig
+    for app in config["applications"]:
+        args = validate(LLMAppConfig, app["args"])
+        LLMServingArgs.model_validate(build_serving_args(args, resolve=False))
+
+
+def test_multi_gpu_config_is_tensor_parallel_and_autoscaled():
+    app = load_serve_config(CLUSTER / "serve" / "multi-gpu.yaml")["applications"][0]
+    model = validate(LLMAppConfig, app["args"]).models[0]
+    assert model.engine.tensor_parallel_size == 2 and model.accelerator_type
+    assert (model.autoscaling.min_replicas, model.autoscaling.max_replicas) == (1, 4)
+    assert all(b.get("GPU") == 1 for b in model.placement.bundles)
+
+
+def test_local_config_fits_the_cluster_ember_up_starts():
+    config = load_serve_config(CLUSTER / "serve" / "local.yaml")
+    assert 2 <= cpus_needed(config) <= 8
+
+
+def test_launcher_config_matches_rays_schema():
+    from ray.autoscaler._private.util import validate_config
+
+    config = yaml.safe_load((CLUSTER / "ray-cluster.yaml").read_text())
+    config["cluster_synced_files"] = []  # filled in by `ray up` itself
+    validate_config(config)
+
+
+def test_serve_config_typo_is_named(tmp_path):
+    bad = yaml.safe_load((CLUSTER / "serve" / "local.yaml").read_text())
+    bad["applications"][0]["args"]["models"][0]["engine"]["max_model_length"] = 1
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match="unknown key 'models.0.engine.max_model_length'"):
+        load_serve_config(tmp_path / "bad.yaml")
+
+
+def test_serve_config_invalid_for_ray_is_refused(tmp_path):
+    (tmp_path / "bad.yaml").write_text("applications:\n  - name: x\n    import_pathh: a:b\n")
+    with pytest.raises(ConfigError, match="not a valid Serve config"):
+        load_serve_config(tmp_path / "bad.yaml")
