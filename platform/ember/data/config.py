@@ -1,0 +1,35 @@
+"""`IngestConfig`: what an ingestion run reads, how it chunks, embeds and writes."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ember.models.catalogue import DEFAULT_EMBEDDER
+
+
+class IngestConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    paths: list[str] = Field(min_length=1, description="files, folders (recursive) or globs")
+    collection: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,200}$",
+                            description="Milvus collection: letters, digits, underscores")
+    embedder: str = Field(DEFAULT_EMBEDDER, description="catalogue name, folder or HF id")
+    milvus_uri: str | None = Field(None, description="a Lite file or a server URI; "
+                                                     "default: Ember's data dir")
+    milvus_token: str | None = None
+    chunk_tokens: int = Field(200, ge=16, le=8192)
+    overlap_tokens: int = Field(40, ge=0)
+    jsonl_field: str = "text"
+    max_file_mb: float = Field(20.0, gt=0, description="larger files are skipped, with why")
+    embed_batch_size: int = Field(64, ge=1)
+    embed_concurrency: int = Field(1, ge=1, description="embedding actors")
+    embed_num_cpus: float = Field(1, ge=0)
+    embed_num_gpus: float = Field(0, ge=0)
+    write_batch_size: int = Field(512, ge=1)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> IngestConfig:
+        if self.overlap_tokens >= self.chunk_tokens:
+            raise ValueError(f"overlap_tokens ({self.overlap_tokens}) must be below "
+                             f"chunk_tokens ({self.chunk_tokens})")
+        return self

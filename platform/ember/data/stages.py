@@ -1,0 +1,59 @@
+"""The per-row and per-batch functions the Ray Data pipeline runs on workers.
+
+Rows carry `skip_reason` so a file that cannot be read travels through the
+pipeline as one marker row and reaches the report, instead of an exception
+that would fail the whole dataset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ember.data.chunking import chunk_text
+from ember.data.readers import Skipped, read_file
+from ember.data.tokens import load_counter
+
+
+def skip_row(path: str, reason: str) -> dict:
+    return {"file": path, "source": path, "title": "", "position": -1, "text": "",
+            "content_hash": "", "file_hash": "", "skip_reason": reason}
+
+
+def read_and_chunk(row: dict, tokenizer_path: str, chunk_tokens: int, overlap_tokens: int,
+                   jsonl_field: str, max_file_mb: float) -> list[dict]:
+    """One file -> its chunk rows (or one skip row)."""
+    path = row["path"]
+    result = read_file(path, jsonl_field=jsonl_field, max_file_mb=max_file_mb)
+    if isinstance(result, Skipped):
+        return [skip_row(path, result.reason)]
+    counter = load_counter(tokenizer_path)
+    rows = []
+    for doc in result:
+        for chunk in chunk_text(doc.text, counter.count, chunk_tokens, overlap_tokens,
+                                split_long=counter.split):
+            rows.append({"file": path, "source": doc.source, "title": doc.title[:500],
+                         "position": chunk.position, "text": chunk.text,
+                         "content_hash": chunk.content_hash, "file_hash": row["file_hash"],
+                         "skip_reason": ""})
+    return rows or [skip_row(path, "no chunks after splitting")]
+
+
+class EmbedBatch:
+    """A stateful Ray Data worker (actor pool): loads the embedder once."""
+
+    def __init__(self, embedder: str, batch_size: int, device: str = "cpu") -> None:
+        from ember.models.embedder import embedder_dim, load_embedder
+
+        self.model = load_embedder(embedder, device)
+        self.dim = embedder_dim(self.model)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from ember.models.embedder import embed
+
+        real = batch["skip_reason"] == ""
+        vectors = np.zeros((len(real), self.dim), dtype=np.float32)
+        if real.any():
+            vectors[real] = embed(self.model, list(batch["text"][real]), self.batch_size)
+        batch["vector"] = vectors
+        return batch

@@ -1,0 +1,29 @@
+"""Load a sentence-transformers embedder from a model reference.
+
+Used by the ingestion actors and the embeddings service alike, so a corpus
+and its queries are always embedded the same way (normalised vectors,
+cosine similarity).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from ember.models.catalogue import resolve_model
+
+
+@lru_cache(maxsize=2)
+def load_embedder(ref: str, device: str = "cpu"):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(resolve_model(ref), device=device)
+
+
+def embed(model, texts: list[str], batch_size: int = 64):
+    """Unit-length float32 vectors, one row per text."""
+    return model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                        convert_to_numpy=True, show_progress_bar=False)
+
+
+def embedder_dim(model) -> int:
+    return int(model.get_embedding_dimension())

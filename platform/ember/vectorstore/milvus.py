@@ -1,0 +1,200 @@
+"""One Milvus collection per corpus, plus a ledger of the files it holds.
+
+Design choices:
+- The URI is a Milvus Lite file (default, under Ember's data dir) or a
+  server URI; pymilvus' `MilvusClient` takes either.
+- The collection's properties record the embedder and dimension that made
+  it; queries and ingestion with another embedder are refused.
+- Chunk ids are derived from (source, file hash, position), so re-writing a
+  file after a crash upserts the same rows instead of duplicating them.
+- A ledger collection (`<name>__files`) records each file's hash once all its
+  chunks are written: a file is "ingested" only then. Milvus needs a vector
+  field in every collection, so the ledger carries a 2-dim placeholder.
+- Search right after inserting is ~50x slower until flushed (STACK.md):
+  writers call `finish()` (flush + index + load) at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ember.config.paths import data_dir
+from ember.errors import EmberError
+
+TEXT_MAX = 65535
+LEDGER_SUFFIX = "__files"
+EMBEDDER_KEY, DIM_KEY = "ember.embedder", "ember.dim"
+
+
+class CollectionNotFound(EmberError):
+    pass
+
+
+class EmbedderMismatch(EmberError):
+    pass
+
+
+@dataclass
+class Hit:
+    text: str
+    source: str
+    title: str
+    position: int
+    score: float
+
+
+def default_uri() -> str:
+    return str(data_dir() / "milvus.db")
+
+
+def chunk_id(source: str, file_hash: str, position: int) -> str:
+    return hashlib.sha256(f"{source}\0{file_hash}\0{position}".encode()).hexdigest()[:32]
+
+
+class MilvusStore:
+    def __init__(self, uri: str | None = None, token: str | None = None) -> None:
+        from pymilvus import MilvusClient
+
+        self.uri = uri or default_uri()
+        if "://" not in self.uri:
+            Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MilvusClient(uri=self.uri, token=token or "")
+
+    def close(self) -> None:
+        self.client.close()
+
+    # --- collections -------------------------------------------------------
+    def collections(self) -> list[str]:
+        return sorted(c for c in self.client.list_collections() if not c.endswith(LEDGER_SUFFIX))
+
+    def exists(self, name: str) -> bool:
+        return self.client.has_collection(name)
+
+    def embedder_of(self, name: str) -> dict:
+        if not self.exists(name):
+            raise CollectionNotFound(f"collection '{name}' does not exist; existing: "
+                                     f"{', '.join(self.collections()) or '(none)'}")
+        properties = self.client.describe_collection(name).get("properties") or {}
+        if EMBEDDER_KEY not in properties:
+            return {}
+        return {"embedder": properties[EMBEDDER_KEY], "dim": int(properties[DIM_KEY])}
+
+    def check_embedder(self, name: str, embedder: str, dim: int) -> None:
+        made_with = self.embedder_of(name)
+        if not made_with:  # created, but the run died before recording its embedder
+            self._record_embedder(name, embedder, dim)
+            return
+        if (made_with.get("embedder"), made_with.get("dim")) != (embedder, dim):
+            raise EmbedderMismatch(
+                f"collection '{name}' was made with embedder '{made_with.get('embedder')}' "
+                f"({made_with.get('dim')} dims), not '{embedder}' ({dim} dims): its vectors "
+                f"cannot be compared. Use the same embedder, or ingest into a new collection.")
+
+    def ensure_collection(self, name: str, embedder: str, dim: int) -> None:
+        if self.exists(name):
+            self.check_embedder(name, embedder, dim)
+            return
+        self._create_chunks(name, dim)
+        self._create_ledger(name + LEDGER_SUFFIX)
+        self._record_embedder(name, embedder, dim)
+
+    def _record_embedder(self, name: str, embedder: str, dim: int) -> None:
+        self.client.alter_collection_properties(
+            name, properties={EMBEDDER_KEY: embedder, DIM_KEY: str(dim)})
+
+    def _create_chunks(self, name: str, dim: int) -> None:
+        from pymilvus import DataType
+
+        schema = self.client.create_schema(auto_id=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX)
+        schema.add_field("source", DataType.VARCHAR, max_length=2048)
+        schema.add_field("title", DataType.VARCHAR, max_length=1024)
+        schema.add_field("position", DataType.INT64)
+        schema.add_field("content_hash", DataType.VARCHAR, max_length=64)
+        schema.add_field("file_hash", DataType.VARCHAR, max_length=64)
+        index = self.client.prepare_index_params()
+        index.add_index("vector", index_type="AUTOINDEX", metric_type="COSINE")
+        self.client.create_collection(name, schema=schema, index_params=index)
+
+    def _create_ledger(self, name: str) -> None:
+        from pymilvus import DataType
+
+        schema = self.client.create_schema(auto_id=False)
+        schema.add_field("source", DataType.VARCHAR, is_primary=True, max_length=2048)
+        schema.add_field("file_hash", DataType.VARCHAR, max_length=64)
+        schema.add_field("chunks", DataType.INT64)
+        schema.add_field("placeholder", DataType.FLOAT_VECTOR, dim=2)
+        index = self.client.prepare_index_params()
+        index.add_index("placeholder", index_type="FLAT", metric_type="L2")
+        self.client.create_collection(name, schema=schema, index_params=index)
+
+    # --- the ledger -------------------------------------------------------
+    def ingested_files(self, name: str) -> dict[str, str]:
+        """{source file: file hash} of the files completely written."""
+        if not self.exists(name):
+            return {}
+        self.client.load_collection(name + LEDGER_SUFFIX)  # reopened Lite files start released
+        rows = self._query_all(name + LEDGER_SUFFIX, "source != ''", ["source", "file_hash"])
+        return {r["source"]: r["file_hash"] for r in rows}
+
+    def mark_ingested(self, name: str, files: dict[str, tuple[str, int]]) -> None:
+        rows = [{"source": s, "file_hash": h, "chunks": n, "placeholder": [0.0, 0.0]}
+                for s, (h, n) in files.items()]
+        if rows:
+            self.client.upsert(name + LEDGER_SUFFIX, rows)
+
+    # --- chunks ------------------------------------------------------------
+    def upsert_chunks(self, name: str, rows: list[dict]) -> int:
+        for row in rows:
+            row["id"] = chunk_id(row["source"], row["file_hash"], row["position"])
+            row["text"] = row["text"][:TEXT_MAX // 4]  # VARCHAR limit is in bytes
+        if rows:
+            self.client.upsert(name, rows)
+        return len(rows)
+
+    def delete_stale(self, name: str, file_source: str, keep_hash: str) -> None:
+        """Drop chunks of an earlier version of a file (any file hash but `keep_hash`)."""
+        self.client.delete(name, filter=f"{_file_filter(file_source)} and "
+                                        f"file_hash != {json.dumps(keep_hash)}")
+
+    def count(self, name: str) -> int:
+        self.client.load_collection(name)
+        result = self.client.query(name, filter="", output_fields=["count(*)"])
+        return int(result[0]["count(*)"])
+
+    def finish(self, name: str) -> None:
+        """Flush, so searches hit the index, and load for searching."""
+        for collection in (name, name + LEDGER_SUFFIX):
+            self.client.flush(collection)
+            self.client.load_collection(collection)
+
+    def search(self, name: str, vector: list[float], top_k: int) -> list[Hit]:
+        if not self.exists(name):
+            raise CollectionNotFound(f"collection '{name}' does not exist; existing: "
+                                     f"{', '.join(self.collections()) or '(none)'}")
+        self.client.load_collection(name)  # reopened Lite collections start released
+        results = self.client.search(name, data=[vector], limit=top_k, anns_field="vector",
+                                     output_fields=["text", "source", "title", "position"],
+                                     search_params={"metric_type": "COSINE"})
+        return [Hit(h["entity"]["text"], h["entity"]["source"], h["entity"]["title"],
+                    h["entity"]["position"], float(h["distance"])) for h in results[0]]
+
+    def _query_all(self, name: str, expr: str, fields: list[str]) -> list[dict]:
+        iterator = self.client.query_iterator(name, filter=expr, output_fields=fields,
+                                              batch_size=1000)
+        rows = []
+        while batch := iterator.next():
+            rows.extend(batch)
+        iterator.close()
+        return rows
+
+
+def _file_filter(file_source: str) -> str:
+    """Chunks of one file: its own source, or its jsonl lines (`path#L<n>`)."""
+    return (f"(source == {json.dumps(file_source)} or "
+            f"source like {json.dumps(file_source.replace('%', '') + '#L%')})")

@@ -1,0 +1,48 @@
+"""Chunking by tokens: sizes, overlap, headings, long runs."""
+
+import pytest
+from ember.data.chunking import chunk_text
+
+
+def words(text: str) -> int:  # a stand-in tokenizer: one token per word
+    return len(text.split())
+
+
+def test_chunks_stay_within_the_token_budget_and_keep_every_sentence():
+    sentences = [f"Sentence number {i} says something short." for i in range(60)]
+    text = "\n\n".join(" ".join(sentences[i:i + 5]) for i in range(0, 60, 5))
+    chunks = chunk_text(text, words, chunk_tokens=40, overlap_tokens=10)
+    assert all(c.tokens <= 40 for c in chunks)
+    joined = " ".join(c.text for c in chunks)
+    assert all(s in joined for s in sentences)
+    assert [c.position for c in chunks] == list(range(len(chunks)))
+
+
+def test_consecutive_chunks_overlap():
+    text = " ".join(f"Fact {i} is here." for i in range(40))
+    chunks = chunk_text(text, words, chunk_tokens=20, overlap_tokens=8)
+    for first, second in zip(chunks, chunks[1:], strict=False):
+        assert first.text.split(". ")[-1].rstrip(".") in second.text
+
+
+def test_heading_starts_a_new_chunk_when_the_current_one_is_full_enough():
+    text = ("# Intro\n\n" + "Alpha beta gamma delta. " * 6 + "\n\n# Fares\n\nA ticket costs three.")
+    chunks = chunk_text(text, words, chunk_tokens=60, overlap_tokens=5, min_fill=0.3)
+    assert chunks[-1].text.startswith("# Fares")
+
+
+def test_a_run_on_line_longer_than_a_chunk_is_cut():
+    text = "word " * 500
+    chunks = chunk_text(text, words, chunk_tokens=50, overlap_tokens=0)
+    assert len(chunks) == 10 and all(c.tokens <= 50 for c in chunks)
+
+
+def test_overlap_must_be_smaller_than_the_chunk():
+    with pytest.raises(ValueError, match="overlap_tokens"):
+        chunk_text("x", words, chunk_tokens=10, overlap_tokens=10)
+
+
+def test_content_hash_depends_on_text_only():
+    a = chunk_text("Same text.", words)[0]
+    b = chunk_text("Same text.", words)[0]
+    assert a.content_hash == b.content_hash and len(a.content_hash) == 64
