@@ -1,9 +1,10 @@
 """One real deployment for the whole integration session.
 
-A local Ray cluster (its own, never the user's), Serve HTTP on a free port,
-and the OpenAI application built from the default Serve config's args, so the
-tests exercise exactly what `ember up` deploys: real vLLM (CPU backend) with
-the embedded SmolLM2.
+A local Ray cluster (its own, never the user's), the sample corpus ingested
+through Ray Data into a Milvus Lite file of the session's own, Serve HTTP on a
+free port, and the RAG application built from the default Serve config's
+args, so the tests exercise what `ember up` deploys: real vLLM (CPU backend)
+with the embedded SmolLM2, the real embedder, real Milvus Lite.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "smollm2-135m-instruct"
+COLLECTION = "docs"
+SAMPLES = REPO / "samples" / "corpus"
 
 
 def free_port() -> int:
@@ -34,17 +37,35 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
-def local_app_args() -> dict:
-    config = yaml.safe_load((REPO / "cluster" / "serve" / "local.yaml").read_text())
-    return config["applications"][0]["args"]
+def milvus_uri(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("milvus") / "milvus.db")
 
 
 @pytest.fixture(scope="session")
-def base_url(ray_cluster, local_app_args) -> str:
-    """URL of the deployed service (built through `serve_apps.llm:build_app`)."""
+def sample_ingest(ray_cluster, milvus_uri):
+    """The sample corpus in the collection the service searches by default."""
+    from ember.data.config import IngestConfig
+    from ember.data.pipeline import run_ingest
+
+    return run_ingest(IngestConfig(paths=[str(SAMPLES)], collection=COLLECTION,
+                                   milvus_uri=milvus_uri))
+
+
+@pytest.fixture(scope="session")
+def local_app_args(milvus_uri) -> dict:
+    config = yaml.safe_load((REPO / "cluster" / "serve" / "local.yaml").read_text())
+    args = config["applications"][0]["args"]
+    args["rag"]["milvus_uri"] = milvus_uri
+    assert args["rag"]["default_collection"] == COLLECTION
+    return args
+
+
+@pytest.fixture(scope="session")
+def base_url(ray_cluster, local_app_args, sample_ingest) -> str:
+    """URL of the deployed service (built through `serve_apps.rag:build_app`)."""
     from ray import serve
 
-    from serve_apps.llm import build_app
+    from serve_apps.rag import build_app
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

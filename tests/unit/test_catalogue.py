@@ -55,3 +55,4 @@ def test_manifest_detects_changed_truncated_and_missing_files(tmp_path):
     assert "missing" in verify_folder(folder)
     (folder / "ember-manifest.json").unlink()
     assert "no manifest" in verify_folder(folder)
+

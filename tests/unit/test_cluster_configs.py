@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ember.cluster.serve_config import cpus_needed, load_serve_config
+from ember.cluster.serve_config import APP_ARG_SCHEMAS, cpus_needed, load_serve_config
 from ember.config.loading import ConfigError, validate
 from ember.serving.config import LLMAppConfig
 
@@ -23,9 +23,9 @@ def test_serve_config_is_valid_for_ray_and_ember(path):
     from ember.serving.llm_app import build_serving_args
     from ray.serve.llm import LLMServingArgs
 
-    config = load_serve_config(path)  # Ray's ServeDeploySchema + Ember's LLMAppConfig
+    config = load_serve_config(path)  # Ray's ServeDeploySchema + Ember's app schemas
     for app in config["applications"]:
-        args = validate(LLMAppConfig, app["args"])
+        args = validate(APP_ARG_SCHEMAS[app["import_path"]], app["args"])
         LLMServingArgs.model_validate(build_serving_args(args, resolve=False))
 
 

@@ -25,6 +25,14 @@ def register(commands) -> None:
     serve.add_argument("--max-tokens", type=int, default=64)
     serve.add_argument("--json", help="also write the rows to this JSON file")
     serve.set_defaults(func=run_serve)
+    ingest = sub.add_parser("ingest", help="ingestion throughput vs bare encoding; search latency")
+    ingest.add_argument("--files", type=int, default=400)
+    ingest.add_argument("--paragraphs", type=int, default=40, help="per file")
+    ingest.add_argument("--workdir", default="/tmp/ember-bench-ingest")
+    ingest.add_argument("--queries", type=int, default=200)
+    ingest.add_argument("--top-k", type=int, default=5)
+    ingest.add_argument("--embed-concurrency", type=int, default=1)
+    ingest.set_defaults(func=run_ingest_bench)
 
 
 def parse_target(spec: str, default_model: str | None):
@@ -50,4 +58,35 @@ def run_serve(args) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
+    return 0
+
+
+def run_ingest_bench(args) -> int:
+    import shutil
+    from pathlib import Path
+
+    from ember.bench import ingest_bench as b
+    from ember.data.config import IngestConfig
+    from ember.data.pipeline import run_ingest
+    from ember.models.embedder import embed, load_embedder
+    from ember.vectorstore.lite_server import shared_uri
+    from ember.vectorstore.milvus import MilvusStore
+
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    b.make_corpus(work / "corpus", args.files, args.paragraphs)
+    config = IngestConfig(paths=[str(work / "corpus")], collection="bench",
+                          milvus_uri=str(work / "milvus.db"),
+                          embed_concurrency=args.embed_concurrency)
+    report = run_ingest(config)
+    print(report.format().splitlines()[0])
+    store = MilvusStore(shared_uri(config.milvus_uri))
+    rows = store.client.query("bench", filter="position >= 0", output_fields=["text"],
+                              limit=16384)
+    texts = [r["text"] for r in rows]
+    bare = b.bare_encode_rate(texts, config.embedder, config.embed_batch_size)
+    queries = embed(load_embedder(config.embedder),
+                    [" ".join(t.split()[:8]) for t in texts[: args.queries]])
+    latencies = b.search_latencies(store, "bench", list(queries), args.top_k)
+    print(b.summarize(report.chunks_per_s, bare, latencies, report.chunks_total))
     return 0

@@ -2,14 +2,16 @@
 
 from ember.client.async_client import AsyncClient
 from ember.client.sync_client import Client
-from ember.client.types import ChatResult, ChatStream, EmberAPIError, ModelInfo, Usage
+from ember.client.types import (
+    ChatResult,
+    ChatStream,
+    EmberAPIError,
+    Hit,
+    ModelInfo,
+    RagResult,
+    RagStream,
+    Usage,
+)
 
-__all__ = [
-    "AsyncClient",
-    "ChatResult",
-    "ChatStream",
-    "Client",
-    "EmberAPIError",
-    "ModelInfo",
-    "Usage",
-]
+__all__ = ["AsyncClient", "ChatResult", "ChatStream", "Client", "EmberAPIError", "Hit",
+           "ModelInfo", "RagResult", "RagStream", "Usage"]

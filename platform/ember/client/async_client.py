@@ -63,6 +63,44 @@ class AsyncClient:
                 if event is not None and (delta := state.consume(event)):
                     yield delta
 
+    async def retrieve(self, query: str, collection: str | None = None,
+                       top_k: int | None = None) -> list[t.Hit]:
+        body = {"query": query, "collection": collection, "top_k": top_k}
+        payload = await self._post("/v1/retrieve",
+                                   {k: v for k, v in body.items() if v is not None})
+        return [t.Hit(**h) for h in payload["hits"]]
+
+    async def rag(self, question: str, collection: str | None = None,
+                  top_k: int | None = None, **sampling) -> t.RagResult:
+        return t.RagResult(**await self._post("/rag-generate", t.rag_body(
+            question, collection, top_k, False, sampling)))
+
+    async def stream_rag(self, question: str, collection: str | None = None,
+                         top_k: int | None = None, stream: t.RagStream | None = None,
+                         **sampling) -> AsyncIterator[str]:
+        state = stream if stream is not None else t.RagStream()
+        body = t.rag_body(question, collection, top_k, True, sampling)
+        async with self._http.stream("POST", "/rag-generate", json=body) as response:
+            if response.status_code >= 400:
+                t.raise_for_error(response.status_code, (await response.aread()).decode())
+            async for line in response.aiter_lines():
+                event = t.parse_sse_line(line)
+                if event is t.SSE_DONE:
+                    return
+                if event is not None and (delta := state.consume(event)):
+                    yield delta
+
+    async def embed(self, texts: str | list[str], model: str = "all-minilm-l6-v2"
+                    ) -> list[list[float]]:
+        inputs = [texts] if isinstance(texts, str) else texts
+        return t.embedding_vectors(await self._post("/v1/embeddings",
+                                                    {"model": model, "input": inputs}))
+
+    async def _post(self, path: str, body: dict) -> dict:
+        response = await self._http.post(path, json=body)
+        t.raise_for_error(response.status_code, response.text)
+        return response.json()
+
     async def _model(self, model: str | None) -> str:
         if model:
             return model

@@ -66,6 +66,42 @@ class Client:
                 if delta:
                     yield delta
 
+    def retrieve(self, query: str, collection: str | None = None,
+                 top_k: int | None = None) -> list[t.Hit]:
+        """Ranked chunks of `collection` (default: the service's) for `query`."""
+        body = {"query": query, "collection": collection, "top_k": top_k}
+        payload = self._post("/v1/retrieve", {k: v for k, v in body.items() if v is not None})
+        return [t.Hit(**h) for h in payload["hits"]]
+
+    def rag(self, question: str, collection: str | None = None, top_k: int | None = None,
+            **sampling) -> t.RagResult:
+        """A grounded answer with the sources it was given."""
+        return t.RagResult(**self._post("/rag-generate", t.rag_body(
+            question, collection, top_k, False, sampling)))
+
+    def stream_rag(self, question: str, collection: str | None = None, top_k: int | None = None,
+                   stream: t.RagStream | None = None, **sampling) -> Iterator[str]:
+        """Yield answer deltas; pass a `RagStream` to read `sources` and `usage`."""
+        state = stream if stream is not None else t.RagStream()
+        body = t.rag_body(question, collection, top_k, True, sampling)
+        with self._http.stream("POST", "/rag-generate", json=body) as response:
+            if response.status_code >= 400:
+                t.raise_for_error(response.status_code, response.read().decode())
+            for event in t.sse_events(response.iter_lines()):
+                if delta := state.consume(event):
+                    yield delta
+
+    def embed(self, texts: str | list[str], model: str = "all-minilm-l6-v2"
+              ) -> list[list[float]]:
+        inputs = [texts] if isinstance(texts, str) else texts
+        return t.embedding_vectors(self._post("/v1/embeddings",
+                                              {"model": model, "input": inputs}))
+
+    def _post(self, path: str, body: dict) -> dict:
+        response = self._http.post(path, json=body)
+        t.raise_for_error(response.status_code, response.text)
+        return response.json()
+
     def _model(self, model: str | None) -> str:
         """The given model, else the first model the server lists."""
         if model:

@@ -45,6 +45,56 @@ class ChatResult(BaseModel):
     usage: Usage
 
 
+class Hit(BaseModel):
+    """A retrieved chunk: its text, where it came from, and its similarity score."""
+
+    model_config = ConfigDict(extra="allow")
+    index: int
+    text: str
+    source: str
+    title: str = ""
+    score: float
+
+
+class RagResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    answer: str
+    sources: list[Hit]
+    usage: Usage | None = None
+
+
+class RagStream:
+    """State of a streamed RAG answer: `sources` arrive first, `usage` last."""
+
+    def __init__(self) -> None:
+        self.sources: list[Hit] = []
+        self.usage: Usage | None = None
+        self.text = ""
+
+    def consume(self, event: dict[str, Any]) -> str:
+        if "sources" in event:
+            self.sources = [Hit(**s) for s in event["sources"]]
+        if event.get("usage"):
+            self.usage = Usage(**event["usage"])
+        delta = event.get("delta") or ""
+        self.text += delta
+        return delta
+
+
+def rag_body(question: str, collection: str | None, top_k: int | None, stream: bool,
+             sampling: dict) -> dict:
+    body = {"question": question, "stream": stream, **sampling}
+    if collection:
+        body["collection"] = collection
+    if top_k is not None:
+        body["top_k"] = top_k
+    return body
+
+
+def embedding_vectors(payload: dict[str, Any]) -> list[list[float]]:
+    return [row["embedding"] for row in sorted(payload["data"], key=lambda r: r["index"])]
+
+
 class EmberAPIError(EmberError):
     """The server answered with an error; carries the OpenAI-style error object."""
 

@@ -14,9 +14,11 @@ from typing import Any
 
 from ember.config.loading import ConfigError, describe_errors, load_yaml, validate
 from ember.serving.config import LLMAppConfig
+from ember.serving.rag_config import RAGAppConfig
 
 LLM_IMPORT_PATH = "serve_apps.llm:build_app"
-APP_ARG_SCHEMAS = {LLM_IMPORT_PATH: LLMAppConfig}
+RAG_IMPORT_PATH = "serve_apps.rag:build_app"
+APP_ARG_SCHEMAS = {LLM_IMPORT_PATH: LLMAppConfig, RAG_IMPORT_PATH: RAGAppConfig}
 
 
 def repo_cluster_dir() -> Path:
@@ -59,13 +61,17 @@ def cpus_needed(config: dict[str, Any]) -> int:
 
     Logical CPUs are Ray's scheduling budget, not cores (STACK.md): a head
     started with too few leaves replicas unscheduled. Each LLM replica takes
-    its placement bundles plus its own actor; the ingress its `num_cpus`.
+    its placement bundles plus its own actor; the ingress its `num_cpus`; a
+    RAG app also its embeddings deployment.
     """
     total = 0.0
     for app in config.get("applications", []):
-        if app.get("import_path") != LLM_IMPORT_PATH:
+        schema = APP_ARG_SCHEMAS.get(app.get("import_path"))
+        if schema is None:
             continue
-        llm = LLMAppConfig.model_validate(app.get("args") or {})
+        llm = schema.model_validate(app.get("args") or {})
+        if isinstance(llm, RAGAppConfig):
+            total += llm.rag.embedder_num_cpus
         for model in llm.models:
             bundles = model.placement.bundles or [{"CPU": 1}] * (
                 model.engine.tensor_parallel_size * model.engine.pipeline_parallel_size

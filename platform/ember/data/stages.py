@@ -12,6 +12,7 @@ import numpy as np
 from ember.data.chunking import chunk_text
 from ember.data.readers import Skipped, read_file
 from ember.data.tokens import load_counter
+from ember.vectorstore.milvus import SOURCE_MAX
 
 
 def skip_row(path: str, reason: str) -> dict:
@@ -23,6 +24,8 @@ def read_and_chunk(row: dict, tokenizer_path: str, chunk_tokens: int, overlap_to
                    jsonl_field: str, max_file_mb: float) -> list[dict]:
     """One file -> its chunk rows (or one skip row)."""
     path = row["path"]
+    if len(path.encode()) > SOURCE_MAX - 16:
+        return [skip_row(path, f"path longer than {SOURCE_MAX - 16} bytes")]
     result = read_file(path, jsonl_field=jsonl_field, max_file_mb=max_file_mb)
     if isinstance(result, Skipped):
         return [skip_row(path, result.reason)]
@@ -31,7 +34,7 @@ def read_and_chunk(row: dict, tokenizer_path: str, chunk_tokens: int, overlap_to
     for doc in result:
         for chunk in chunk_text(doc.text, counter.count, chunk_tokens, overlap_tokens,
                                 split_long=counter.split):
-            rows.append({"file": path, "source": doc.source, "title": doc.title[:500],
+            rows.append({"file": path, "source": doc.source, "title": doc.title,
                          "position": chunk.position, "text": chunk.text,
                          "content_hash": chunk.content_hash, "file_hash": row["file_hash"],
                          "skip_reason": ""})

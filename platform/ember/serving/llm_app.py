@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ember.serving.config import LLMAppConfig, ModelDeploymentConfig
+from ember.serving.config import IngressConfig, LLMAppConfig, ModelDeploymentConfig
 
 INGRESS_CLS = "ember.serving.ingress:EmberIngress"
 
@@ -65,18 +65,20 @@ def _experimental(model: ModelDeploymentConfig) -> dict[str, Any]:
 
 def build_serving_args(config: LLMAppConfig, resolve: bool = True) -> dict[str, Any]:
     """The `LLMServingArgs` for `build_openai_app`, with Ember's ingress."""
-    ingress = config.ingress
     return {
         "llm_configs": [build_llm_config(m, resolve) for m in config.models],
         "ingress_cls_config": {"ingress_cls": INGRESS_CLS},
-        "ingress_deployment_config": {
-            "max_ongoing_requests": ingress.max_ongoing_requests,
-            "autoscaling_config": {
-                "min_replicas": ingress.min_replicas,
-                "max_replicas": ingress.max_replicas,
-            },
-            "ray_actor_options": {"num_cpus": ingress.num_cpus},
-        },
+        "ingress_deployment_config": ingress_options(config.ingress),
+    }
+
+
+def ingress_options(ingress: IngressConfig) -> dict[str, Any]:
+    """Serve deployment options of the ingress."""
+    return {
+        "max_ongoing_requests": ingress.max_ongoing_requests,
+        "autoscaling_config": {"min_replicas": ingress.min_replicas,
+                               "max_replicas": ingress.max_replicas},
+        "ray_actor_options": {"num_cpus": ingress.num_cpus},
     }
 
 

@@ -45,14 +45,41 @@ def _server_class():
     @ray.remote
     class MilvusLiteServer:
         def __init__(self, path: str) -> None:
-            from milvus_lite.adapter.grpc.server import start_server_in_thread
-
             os.makedirs(os.path.dirname(path), exist_ok=True)
             self.path = path
-            self.server, self.db, self.port = start_server_in_thread(
-                data_dir=path, host="127.0.0.1", port=0)
+            self.server, self.db, self.port = start_lite_server(path)
 
         def uri(self) -> str:
             return f"http://127.0.0.1:{self.port}"
 
     return MilvusLiteServer
+
+
+# pymilvus clients send a keepalive ping every 10 s, idle or not; gRPC servers by
+# default answer a second ping within 5 minutes with GOAWAY "too_many_pings", after
+# which that cached connection fails. Milvus Lite's own server builder sets no
+# keepalive policy, so Ember builds the same server with one that accepts them.
+KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
+
+def start_lite_server(path: str):
+    """Milvus Lite's gRPC server (milvus-lite 3.2.2 internals) on a free loopback port."""
+    from concurrent import futures
+
+    import grpc
+    from milvus_lite.adapter.grpc import server as lite
+
+    db = lite.MilvusLite(path)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=lite.DEFAULT_MAX_WORKERS),
+        options=[("grpc.max_receive_message_length", lite._MAX_MESSAGE_SIZE),
+                 ("grpc.max_send_message_length", lite._MAX_MESSAGE_SIZE),
+                 *KEEPALIVE_OPTIONS])
+    lite.milvus_pb2_grpc.add_MilvusServiceServicer_to_server(lite.MilvusServicer(db), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, db, port

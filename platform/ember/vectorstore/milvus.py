@@ -24,7 +24,7 @@ from pathlib import Path
 from ember.config.paths import data_dir
 from ember.errors import EmberError
 
-TEXT_MAX = 65535
+TEXT_MAX, TITLE_MAX, SOURCE_MAX = 65535, 1024, 2048  # VARCHAR limits, in bytes
 LEDGER_SUFFIX = "__files"
 EMBEDDER_KEY, DIM_KEY = "ember.embedder", "ember.dim"
 
@@ -48,6 +48,11 @@ class Hit:
 
 def default_uri() -> str:
     return str(data_dir() / "milvus.db")
+
+
+def clip_utf8(text: str, max_bytes: int) -> str:
+    """`text` cut to at most `max_bytes` of UTF-8, never inside a character."""
+    return text.encode()[:max_bytes].decode(errors="ignore")
 
 
 def chunk_id(source: str, file_hash: str, position: int) -> str:
@@ -112,8 +117,8 @@ class MilvusStore:
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         schema.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX)
-        schema.add_field("source", DataType.VARCHAR, max_length=2048)
-        schema.add_field("title", DataType.VARCHAR, max_length=1024)
+        schema.add_field("source", DataType.VARCHAR, max_length=SOURCE_MAX)
+        schema.add_field("title", DataType.VARCHAR, max_length=TITLE_MAX)
         schema.add_field("position", DataType.INT64)
         schema.add_field("content_hash", DataType.VARCHAR, max_length=64)
         schema.add_field("file_hash", DataType.VARCHAR, max_length=64)
@@ -125,7 +130,7 @@ class MilvusStore:
         from pymilvus import DataType
 
         schema = self.client.create_schema(auto_id=False)
-        schema.add_field("source", DataType.VARCHAR, is_primary=True, max_length=2048)
+        schema.add_field("source", DataType.VARCHAR, is_primary=True, max_length=SOURCE_MAX)
         schema.add_field("file_hash", DataType.VARCHAR, max_length=64)
         schema.add_field("chunks", DataType.INT64)
         schema.add_field("placeholder", DataType.FLOAT_VECTOR, dim=2)
@@ -152,7 +157,8 @@ class MilvusStore:
     def upsert_chunks(self, name: str, rows: list[dict]) -> int:
         for row in rows:
             row["id"] = chunk_id(row["source"], row["file_hash"], row["position"])
-            row["text"] = row["text"][:TEXT_MAX // 4]  # VARCHAR limit is in bytes
+            row["text"] = clip_utf8(row["text"], TEXT_MAX)
+            row["title"] = clip_utf8(row["title"], TITLE_MAX)
         if rows:
             self.client.upsert(name, rows)
         return len(rows)

@@ -1,0 +1,44 @@
+"""`RAGAppConfig`: the LLM app plus retrieval settings (args of serve_apps.rag)."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from ember.models.catalogue import DEFAULT_EMBEDDER
+from ember.serving.config import LLMAppConfig, _Strict
+
+RAG_MODEL = "rag"  # `rag` uses the default collection; `rag:<collection>` names one
+
+
+class RetrievalConfig(_Strict):
+    embedder: str = Field(DEFAULT_EMBEDDER, description="must match the collections' embedder")
+    embedder_num_cpus: float = Field(0.5, ge=0)
+    milvus_uri: str | None = Field(None, description="Lite file or server URI; default: "
+                                                     "Ember's data dir")
+    default_collection: str = "default"
+    top_k: int = Field(4, ge=1)
+    max_top_k: int = Field(50, ge=1)
+    score_threshold: float | None = Field(None, ge=-1, le=1)
+    llm: str | None = Field(None, description="model that answers; default: the first model")
+    default_max_tokens: int = Field(256, gt=0, description="for RAG requests that set none")
+
+    @model_validator(mode="after")
+    def _top_k_in_range(self) -> RetrievalConfig:
+        if self.top_k > self.max_top_k:
+            raise ValueError(f"top_k ({self.top_k}) is above max_top_k ({self.max_top_k})")
+        return self
+
+
+class RAGAppConfig(LLMAppConfig):
+    rag: RetrievalConfig = Field(default_factory=RetrievalConfig)
+
+    @model_validator(mode="after")
+    def _llm_is_served(self) -> RAGAppConfig:
+        names = [m.name for m in self.models]
+        if self.rag.llm is not None and self.rag.llm not in names:
+            raise ValueError(f"rag.llm '{self.rag.llm}' is not one of the models: {names}")
+        return self
+
+    def answering_model(self):
+        name = self.rag.llm or self.models[0].name
+        return next(m for m in self.models if m.name == name)

@@ -1,0 +1,195 @@
+"""The RAG ingress: Ember's OpenAI ingress plus retrieval.
+
+- every OpenAI route of Ray's ingress, unchanged (inherited);
+- `rag` / `rag:<collection>` as models in /v1/models: a chat with one of them
+  retrieves, assembles a cited prompt and generates; the response carries
+  `sources` (on the first chunk when streaming);
+- `/v1/embeddings` for the embedder (other models go to Ray's route);
+- plain endpoints: POST /v1/retrieve, /generate, /rag-generate; GET /health,
+  /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import Request
+from ray.llm._internal.serve.core.configs.openai_api_models import (
+    ChatCompletionRequest,
+    EmbeddingRequest,
+    ModelCard,
+    ModelList,
+)
+from starlette.responses import JSONResponse, Response
+
+from ember.serving import streams
+from ember.serving.errors import openai_error
+from ember.serving.ingress import EmberIngress
+from ember.serving.metrics import REQUESTS, render
+from ember.serving.prompt import ContextTooLong, fit_sources
+from ember.serving.rag_config import RAG_MODEL, RetrievalConfig
+from ember.serving.rag_models import GenerateRequest, RagGenerateRequest, RetrieveRequest
+from ember.serving.retrieval import RetrievalError, Retriever
+
+RAG_ENDPOINTS = {
+    "retrieve": lambda app: app.post("/v1/retrieve"),
+    "generate": lambda app: app.post("/generate"),
+    "rag_generate": lambda app: app.post("/rag-generate"),
+    "health": lambda app: app.get("/health"),
+    "metrics": lambda app: app.get("/metrics"),
+}
+
+
+class RAGIngress(EmberIngress):
+    def __init__(self, llm_deployments, model_cards, *, lora_paths=None, embedder=None,
+                 rag: dict | None = None, answering: dict | None = None, **kwargs) -> None:
+        super().__init__(llm_deployments, model_cards, lora_paths=lora_paths, **kwargs)
+        self.rag = RetrievalConfig(**(rag or {}))
+        self.retriever = Retriever(embedder, self.rag.milvus_uri, self.rag.max_top_k,
+                                   self.rag.score_threshold)
+        self.answering = answering or {}  # {"model", "tokenizer", "max_model_len"}
+        self._tokenizer = None
+
+    # --- OpenAI routes -------------------------------------------------------
+    async def models(self) -> ModelList:
+        listed = await super().models()
+        extra = [RAG_MODEL] + [f"{RAG_MODEL}:{c}" for c in await self._collections()]
+        listed.data += [ModelCard(id=name, object="model", owned_by="ember", permission=[],
+                                  metadata={"kind": "rag", "generator": self.answering["model"]})
+                        for name in extra]
+        listed.data.append(ModelCard(id=self.rag.embedder, object="model", owned_by="ember",
+                                     permission=[], metadata={"kind": "embedding"}))
+        return listed
+
+    async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
+        if not _is_rag(body.model):
+            return await super().chat(body, request)
+        collection = _collection_of(body.model) or self.rag.default_collection
+        question = _last_user_text(body.messages)
+        try:
+            sources = await self.retriever.retrieve(question, collection, self.rag.top_k)
+            max_tokens = body.max_tokens or body.max_completion_tokens \
+                or self.rag.default_max_tokens
+            messages, kept = await self._fit(list(body.messages), sources, max_tokens)
+        except (RetrievalError, ContextTooLong) as exc:
+            return self._error(exc)
+        llm_body = body.model_copy(update={"model": self.answering["model"],
+                                           "messages": messages, "max_tokens": max_tokens})
+        response = await super().chat(llm_body, request)
+        return streams.with_sources(response, [s.as_dict() for s in kept], body.model)
+
+    async def embeddings(self, body: EmbeddingRequest, request: Request) -> Response:
+        if body.model != self.rag.embedder:
+            return await super().embeddings(body, request)
+        texts = [body.input] if isinstance(body.input, str) else list(body.input)
+        if not texts or not all(isinstance(t, str) and t for t in texts):
+            return openai_error(400, "'input' must be a non-empty string or list of strings",
+                                "input")
+        vectors = await self.retriever.embedder.embed.remote(texts)
+        tokens = sum(len(t.split()) for t in texts)
+        return JSONResponse({"object": "list", "model": body.model,
+                             "data": [{"object": "embedding", "index": i, "embedding": v}
+                                      for i, v in enumerate(vectors)],
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    # --- plain endpoints -----------------------------------------------------
+    async def retrieve(self, body: RetrieveRequest) -> Response:
+        collection = body.collection or self.rag.default_collection
+        try:
+            sources = await self.retriever.retrieve(body.query, collection,
+                                                    self._top_k(body.top_k))
+        except RetrievalError as exc:
+            return self._error(exc, "retrieve")
+        REQUESTS.labels("retrieve", "200").inc()
+        return JSONResponse({"collection": collection, "query": body.query,
+                             "hits": [s.as_dict() for s in sources]})
+
+    async def generate(self, body: GenerateRequest, request: Request) -> Response:
+        chat = self._chat_request(body.model or self.answering["model"],
+                                  [{"role": "user", "content": body.prompt}], body)
+        response = await EmberIngress.chat(self, chat, request)
+        REQUESTS.labels("generate", str(response.status_code)).inc()
+        return streams.plain(response, lambda text, usage: {"text": text, "usage": usage})
+
+    async def rag_generate(self, body: RagGenerateRequest, request: Request) -> Response:
+        collection = body.collection or self.rag.default_collection
+        try:
+            sources = await self.retriever.retrieve(body.question, collection,
+                                                    self._top_k(body.top_k))
+            messages, kept = await self._fit([{"role": "user", "content": body.question}],
+                                             sources, body.max_tokens)
+        except (RetrievalError, ContextTooLong) as exc:
+            return self._error(exc, "rag-generate")
+        found = [s.as_dict() for s in kept]
+        response = await EmberIngress.chat(
+            self, self._chat_request(self.answering["model"], messages, body), request)
+        REQUESTS.labels("rag-generate", str(response.status_code)).inc()
+        return streams.plain(
+            response, lambda text, usage: {"answer": text, "sources": found, "usage": usage},
+            first_event={"sources": found})
+
+    async def health(self) -> Response:
+        try:
+            info = await asyncio.wait_for(self.retriever.embedder_info(), timeout=10)
+            collections = await asyncio.wait_for(self._collections(), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - any failing dependency means unhealthy
+            return JSONResponse({"status": "unhealthy", "error": f"{type(exc).__name__}: {exc}"},
+                                status_code=503)
+        return JSONResponse({"status": "ok", "models": sorted(self._model_cards),
+                             "embedder": info, "collections": collections})
+
+    async def metrics(self) -> Response:
+        return Response(render(), media_type="text/plain; version=0.0.4")
+
+    # --- helpers -------------------------------------------------------------
+    def _top_k(self, requested: int | None) -> int:
+        return self.rag.top_k if requested is None else requested
+
+    async def _collections(self) -> list[str]:
+        return await asyncio.to_thread(self.retriever.collections)
+
+    async def _fit(self, conversation, sources, max_tokens: int):
+        budget = self.answering["max_model_len"] - max_tokens
+        return await asyncio.to_thread(fit_sources, conversation, sources,
+                                       self._count_tokens, budget)
+
+    def _count_tokens(self, messages: list[dict]) -> int:
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.answering["tokenizer"])
+        ids = self._tokenizer.apply_chat_template(messages, tokenize=True,
+                                                  add_generation_prompt=True)
+        return len(ids["input_ids"] if isinstance(ids, dict) else ids)
+
+    def _chat_request(self, model: str, messages: list[dict], body) -> ChatCompletionRequest:
+        return ChatCompletionRequest(
+            model=model, messages=messages, max_tokens=body.max_tokens,
+            temperature=body.temperature, stream=body.stream,
+            stream_options={"include_usage": True} if body.stream else None)
+
+    def _error(self, exc: Exception, endpoint: str = "chat") -> Response:
+        status = getattr(exc, "status_code", 400)
+        REQUESTS.labels(endpoint, str(status)).inc()
+        return openai_error(status, getattr(exc, "message", str(exc)),
+                            getattr(exc, "param", None))
+
+
+def _is_rag(model: str | None) -> bool:
+    return model is not None and (model == RAG_MODEL or model.startswith(f"{RAG_MODEL}:"))
+
+
+def _collection_of(model: str) -> str | None:
+    return model.split(":", 1)[1] or None if ":" in model else None
+
+
+def _last_user_text(messages) -> str:
+    for message in reversed(list(messages)):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):  # content parts: keep the text ones
+                content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            return content or ""
+    return ""
+
+
