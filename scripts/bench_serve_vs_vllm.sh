@@ -21,7 +21,7 @@ echo "[bench] starting plain vLLM on :$PORT with the same engine settings ..."
 VLLM_CPU_KVCACHE_SPACE=2 HF_HUB_OFFLINE=1 .venv/bin/python -m vllm.entrypoints.openai.api_server \
   --model "$FOLDER" \
   --served-model-name $MODEL --port $PORT --host 127.0.0.1 \
-  --max-model-len 2048 --dtype bfloat16 --enforce-eager --max-num-seqs 64 \
+  --max-model-len 2048 --dtype float32 --enforce-eager --max-num-seqs 64 \
   > "$OUT/vllm-serve.log" 2>&1 &
 VLLM_PID=$!
 trap 'kill $VLLM_PID 2>/dev/null; wait $VLLM_PID 2>/dev/null || true' EXIT

@@ -41,6 +41,7 @@ def run(args) -> int:
 
 
 def _submit(address: str, config) -> int:
+    import json
     import subprocess
     import sys
     import tempfile
@@ -52,9 +53,12 @@ def _submit(address: str, config) -> int:
 
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=".", delete=False) as f:
         yaml.safe_dump(config.model_dump(exclude_none=True), f)
+    # PYTHONPATH=platform makes the job run the uploaded checkout's Ember when the
+    # working dir is a checkout; elsewhere the cluster's installed Ember is used.
+    runtime_env = json.dumps({"env_vars": {"PYTHONPATH": "platform"}})
     cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address,
-           "--working-dir", ".", "--", "python", "-m", "ember.data.job", "--config",
-           Path(f.name).name]
+           "--working-dir", ".", "--runtime-env-json", runtime_env, "--", "python", "-m",
+           "ember.data.job", "--config", Path(f.name).name]
     print("submitting:", shlex.join(cmd))
     try:
         return subprocess.run(cmd, env=client_env()).returncode

@@ -81,10 +81,18 @@ def run_ingest(config: IngestConfig, progress=print) -> IngestReport:
 
 
 def _ensure_ray() -> None:
-    """Join the running cluster (`ember up`, RAY_ADDRESS), or start a local one."""
+    """Join the running cluster (`ember up`, RAY_ADDRESS), or start a local one.
+
+    A local one gets at least 4 logical CPUs: the read tasks, the embedding
+    actor and the write tasks must be schedulable at once on a 2-core machine.
+    """
     import ray
 
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address="auto", log_to_driver=False)
+    except ConnectionError:
         ray.init(log_to_driver=False, num_cpus=max(4, os.cpu_count() or 1))
 
 
