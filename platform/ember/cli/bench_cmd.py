@@ -32,6 +32,8 @@ def register(commands) -> None:
     ingest.add_argument("--queries", type=int, default=200)
     ingest.add_argument("--top-k", type=int, default=5)
     ingest.add_argument("--embed-concurrency", type=int, default=1)
+    ingest.add_argument("--baseline-chunks", type=int, default=4096,
+                        help="chunks the bare-model baseline encodes (a rate needs no more)")
     ingest.set_defaults(func=run_ingest_bench)
 
 
@@ -82,7 +84,7 @@ def run_ingest_bench(args) -> int:
     print(report.format().splitlines()[0])
     store = MilvusStore(shared_uri(config.milvus_uri))
     rows = store.client.query("bench", filter="position >= 0", output_fields=["text"],
-                              limit=16384)
+                              limit=args.baseline_chunks)
     texts = [r["text"] for r in rows]
     bare = b.bare_encode_rate(texts, config.embedder, config.embed_batch_size)
     queries = embed(load_embedder(config.embedder),

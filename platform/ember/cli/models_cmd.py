@@ -29,7 +29,6 @@ def run_prepare(args) -> int:
             state = "ready" if (path / "config.json").is_file() else "MISSING"
             print(f"{name}: {state}, shipped by {entry.package} at {path}")
             continue
-        print(f"{name}: preparing from {entry.package}")
         ensure_prepared(entry, force=args.force)
     return 0
 

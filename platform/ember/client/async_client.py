@@ -53,15 +53,9 @@ class AsyncClient:
     ) -> AsyncIterator[str]:
         state = stream if stream is not None else t.ChatStream()
         body = t.chat_body(messages, await self._model(model), stream=True, sampling=sampling)
-        async with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
-            if response.status_code >= 400:
-                t.raise_for_error(response.status_code, (await response.aread()).decode())
-            async for line in response.aiter_lines():
-                event = t.parse_sse_line(line)
-                if event is t.SSE_DONE:
-                    return
-                if event is not None and (delta := state.consume(event)):
-                    yield delta
+        async for event in self._events("/v1/chat/completions", body):
+            if delta := state.consume(event):
+                yield delta
 
     async def retrieve(self, query: str, collection: str | None = None,
                        top_k: int | None = None) -> list[t.Hit]:
@@ -80,21 +74,27 @@ class AsyncClient:
                          **sampling) -> AsyncIterator[str]:
         state = stream if stream is not None else t.RagStream()
         body = t.rag_body(question, collection, top_k, True, sampling)
-        async with self._http.stream("POST", "/rag-generate", json=body) as response:
-            if response.status_code >= 400:
-                t.raise_for_error(response.status_code, (await response.aread()).decode())
-            async for line in response.aiter_lines():
-                event = t.parse_sse_line(line)
-                if event is t.SSE_DONE:
-                    return
-                if event is not None and (delta := state.consume(event)):
-                    yield delta
+        async for event in self._events("/rag-generate", body):
+            if delta := state.consume(event):
+                yield delta
 
     async def embed(self, texts: str | list[str], model: str = "all-minilm-l6-v2"
                     ) -> list[list[float]]:
         inputs = [texts] if isinstance(texts, str) else texts
         return t.embedding_vectors(await self._post("/v1/embeddings",
                                                     {"model": model, "input": inputs}))
+
+    async def _events(self, path: str, body: dict) -> AsyncIterator[dict]:
+        """The JSON events of a streamed (SSE) response, until [DONE]."""
+        async with self._http.stream("POST", path, json=body) as response:
+            if response.status_code >= 400:
+                t.raise_for_error(response.status_code, (await response.aread()).decode())
+            async for line in response.aiter_lines():
+                event = t.parse_sse_line(line)
+                if event is t.SSE_DONE:
+                    return
+                if event is not None:
+                    yield event
 
     async def _post(self, path: str, body: dict) -> dict:
         response = await self._http.post(path, json=body)

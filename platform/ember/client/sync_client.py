@@ -58,13 +58,9 @@ class Client:
         """Yield text deltas as they arrive. Pass a `ChatStream` to read usage afterwards."""
         state = stream if stream is not None else t.ChatStream()
         body = t.chat_body(messages, self._model(model), stream=True, sampling=sampling)
-        with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
-            if response.status_code >= 400:
-                t.raise_for_error(response.status_code, response.read().decode())
-            for chunk in t.sse_events(response.iter_lines()):
-                delta = state.consume(chunk)
-                if delta:
-                    yield delta
+        for event in self._events("/v1/chat/completions", body):
+            if delta := state.consume(event):
+                yield delta
 
     def retrieve(self, query: str, collection: str | None = None,
                  top_k: int | None = None) -> list[t.Hit]:
@@ -84,18 +80,22 @@ class Client:
         """Yield answer deltas; pass a `RagStream` to read `sources` and `usage`."""
         state = stream if stream is not None else t.RagStream()
         body = t.rag_body(question, collection, top_k, True, sampling)
-        with self._http.stream("POST", "/rag-generate", json=body) as response:
-            if response.status_code >= 400:
-                t.raise_for_error(response.status_code, response.read().decode())
-            for event in t.sse_events(response.iter_lines()):
-                if delta := state.consume(event):
-                    yield delta
+        for event in self._events("/rag-generate", body):
+            if delta := state.consume(event):
+                yield delta
 
     def embed(self, texts: str | list[str], model: str = "all-minilm-l6-v2"
               ) -> list[list[float]]:
         inputs = [texts] if isinstance(texts, str) else texts
         return t.embedding_vectors(self._post("/v1/embeddings",
                                               {"model": model, "input": inputs}))
+
+    def _events(self, path: str, body: dict) -> Iterator[dict]:
+        """The JSON events of a streamed (SSE) response, until [DONE]."""
+        with self._http.stream("POST", path, json=body) as response:
+            if response.status_code >= 400:
+                t.raise_for_error(response.status_code, response.read().decode())
+            yield from t.sse_events(response.iter_lines())
 
     def _post(self, path: str, body: dict) -> dict:
         response = self._http.post(path, json=body)

@@ -48,6 +48,11 @@ class IngestReport:
         return "\n".join(lines)
 
 
+# Reading and chunking is light, mostly I/O and tokenizing: a quarter CPU each keeps
+# the read tasks from taking every logical CPU while the embedding actor waits.
+READ_TASK_CPUS = 0.25
+
+
 def run_ingest(config: IngestConfig, progress=print) -> IngestReport:
     from ember.models.catalogue import resolve_model
     from ember.models.embedder import embedder_dim, load_embedder
@@ -121,12 +126,13 @@ def _run_pipeline(todo: dict[str, str], config: IngestConfig, embedder_path: str
     dataset = dataset.flat_map(read_and_chunk, fn_kwargs={
         "tokenizer_path": embedder_path, "chunk_tokens": config.chunk_tokens,
         "overlap_tokens": config.overlap_tokens, "jsonl_field": config.jsonl_field,
-        "max_file_mb": config.max_file_mb})
+        "max_file_mb": config.max_file_mb}, num_cpus=READ_TASK_CPUS)
     dataset = dataset.map_batches(
         EmbedBatch, fn_constructor_kwargs={
             "embedder": config.embedder, "batch_size": config.embed_batch_size,
             "device": "cuda" if config.embed_num_gpus else "cpu"},
-        batch_size=config.embed_batch_size, concurrency=config.embed_concurrency,
+        batch_size=config.embed_batch_size,
+        compute=ray.data.ActorPoolStrategy(size=config.embed_concurrency),
         num_cpus=config.embed_num_cpus, num_gpus=config.embed_num_gpus, batch_format="numpy")
     sink = MilvusDatasink(uri, config.milvus_token, config.collection, config.write_batch_size)
     dataset.write_datasink(sink)

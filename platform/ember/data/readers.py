@@ -13,12 +13,13 @@ Design choices:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+
+from ember.checksums import sha256_file
 
 SUPPORTED = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".jsonl")
 MAX_INVALID_UTF8 = 0.01  # share of replaced characters above which a file is not text
@@ -39,11 +40,7 @@ class Skipped:
 
 
 def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def read_file(path: str | Path, jsonl_field: str = "text",

@@ -14,7 +14,6 @@ Design choices:
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import shutil
 import time
@@ -22,6 +21,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+from ember.checksums import sha256_file
 from ember.models.catalogue import CatalogueEntry
 
 MANIFEST = "ember-manifest.json"
@@ -77,6 +77,8 @@ def ensure_prepared(entry: CatalogueEntry, progress: Progress = print, force: bo
 
 
 def _build(entry: CatalogueEntry, folder: Path, progress: Progress) -> None:
+    progress(f"{entry.name}: converting {entry.source_file} from the package {entry.package} "
+             f"(once; about a minute)")
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     convert_gguf(entry.package_dir(), entry.source_file, staging, progress)
@@ -151,11 +153,7 @@ def write_manifest(folder: Path, entry: CatalogueEntry) -> None:
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def _step(progress: Progress, what: str, fn):
