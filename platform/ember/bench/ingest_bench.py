@@ -45,6 +45,30 @@ def bare_encode_rate(texts: list[str], embedder: str, batch_size: int) -> float:
     return len(texts) / (time.perf_counter() - start)
 
 
+def pad_collection(store, collection: str, target: int, seed: int = 7) -> int:
+    """Copy ingested rows, vectors slightly perturbed, until `target` rows; flush."""
+    import numpy as np
+
+    rows = store.client.query(collection, filter="position >= 0", limit=4096,
+                              output_fields=["source", "title", "position", "text",
+                                             "content_hash", "file_hash", "vector"])
+    rng = np.random.default_rng(seed)
+    have = store.count(collection)
+    copy = 0
+    while have < target:
+        batch = []
+        for row in rows[: min(len(rows), target - have)]:
+            vector = np.asarray(row["vector"]) + rng.normal(0, 0.02, len(row["vector"]))
+            batch.append({**{k: row[k] for k in row if k not in ("id", "vector")},
+                          "source": f"{row['source']}#copy{copy}",
+                          "vector": (vector / np.linalg.norm(vector)).tolist()})
+        store.upsert_chunks(collection, batch)
+        have += len(batch)
+        copy += 1
+    store.finish(collection)
+    return store.count(collection)
+
+
 def search_latencies(store, collection: str, vectors, top_k: int) -> list[float]:
     store.search(collection, vectors[0], top_k)  # warm-up
     times = []

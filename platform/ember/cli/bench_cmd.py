@@ -32,6 +32,9 @@ def register(commands) -> None:
     ingest.add_argument("--queries", type=int, default=200)
     ingest.add_argument("--top-k", type=int, default=5)
     ingest.add_argument("--embed-concurrency", type=int, default=1)
+    ingest.add_argument("--search-at", type=int, default=20000,
+                        help="pad the collection with perturbed copies of the ingested chunks "
+                             "to this many before measuring search latency")
     ingest.add_argument("--baseline-chunks", type=int, default=4096,
                         help="chunks the bare-model baseline encodes (a rate needs no more)")
     ingest.set_defaults(func=run_ingest_bench)
@@ -89,6 +92,7 @@ def run_ingest_bench(args) -> int:
     bare = b.bare_encode_rate(texts, config.embedder, config.embed_batch_size)
     queries = embed(load_embedder(config.embedder),
                     [" ".join(t.split()[:8]) for t in texts[: args.queries]])
+    total = b.pad_collection(store, "bench", args.search_at)
     latencies = b.search_latencies(store, "bench", list(queries), args.top_k)
-    print(b.summarize(report.chunks_per_s, bare, latencies, report.chunks_total))
+    print(b.summarize(report.chunks_per_s, bare, latencies, total))
     return 0

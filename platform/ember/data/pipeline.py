@@ -143,8 +143,7 @@ def _commit(store, collection: str, todo: dict[str, str], result: dict,
             report: IngestReport) -> None:
     """Retire older versions of the files written, then record them in the ledger."""
     written = result["written"]
-    for path in written:
-        store.delete_stale(collection, path, todo[path])
+    store.delete_stale(collection, {path: todo[path] for path in written})
     store.mark_ingested(collection, {path: (todo[path], n) for path, n in written.items()})
     report.files_read = len(written)
     report.chunks_written = sum(written.values())

@@ -163,10 +163,17 @@ class MilvusStore:
             self.client.upsert(name, rows)
         return len(rows)
 
-    def delete_stale(self, name: str, file_source: str, keep_hash: str) -> None:
-        """Drop chunks of an earlier version of a file (any file hash but `keep_hash`)."""
-        self.client.delete(name, filter=f"{_file_filter(file_source)} and "
-                                        f"file_hash != {json.dumps(keep_hash)}")
+    def delete_stale(self, name: str, files: dict[str, str], batch: int = 200) -> None:
+        """Drop chunks of earlier versions of `files` ({file: current hash}).
+
+        One filtered delete per `batch` files: Milvus (Lite especially) scans the
+        collection for each delete, so per-file deletes cost O(files x chunks).
+        """
+        items = sorted(files.items())
+        for start in range(0, len(items), batch):
+            part = dict(items[start:start + batch])
+            self.client.delete(name, filter=f"({_files_filter(part)}) and file_hash not in "
+                                            f"{json.dumps(sorted(set(part.values())))}")
 
     def count(self, name: str) -> int:
         self.client.load_collection(name)
@@ -200,7 +207,10 @@ class MilvusStore:
         return rows
 
 
-def _file_filter(file_source: str) -> str:
-    """Chunks of one file: its own source, or its jsonl lines (`path#L<n>`)."""
-    return (f"(source == {json.dumps(file_source)} or "
-            f"source like {json.dumps(file_source.replace('%', '') + '#L%')})")
+def _files_filter(files: dict[str, str]) -> str:
+    """Chunks of these files: their own source, or their lines (`path#L<n>`) for jsonl."""
+    plain = [f for f in files if not f.endswith(".jsonl")]
+    clauses = [f"source in {json.dumps(plain)}"] if plain else []
+    clauses += [f"source like {json.dumps(f.replace('%', '') + '#L%')}"
+                for f in files if f.endswith(".jsonl")]
+    return " or ".join(clauses)
