@@ -32,6 +32,7 @@ def register(commands) -> None:
     ingest.add_argument("--queries", type=int, default=200)
     ingest.add_argument("--top-k", type=int, default=5)
     ingest.add_argument("--embed-concurrency", type=int, default=1)
+    ingest.add_argument("--embed-num-cpus", type=float, default=1)
     ingest.add_argument("--search-at", type=int, default=20000,
                         help="pad the collection with perturbed copies of the ingested chunks "
                              "to this many before measuring search latency")
@@ -82,7 +83,8 @@ def run_ingest_bench(args) -> int:
     b.make_corpus(work / "corpus", args.files, args.paragraphs)
     config = IngestConfig(paths=[str(work / "corpus")], collection="bench",
                           milvus_uri=str(work / "milvus.db"),
-                          embed_concurrency=args.embed_concurrency)
+                          embed_concurrency=args.embed_concurrency,
+                          embed_num_cpus=args.embed_num_cpus)
     report = run_ingest(config)
     print(report.format().splitlines()[0])
     store = MilvusStore(shared_uri(config.milvus_uri))
