@@ -180,7 +180,9 @@ def _is_rag(model: str | None) -> bool:
 
 
 def _collection_of(model: str) -> str | None:
-    return model.split(":", 1)[1] or None if ":" in model else None
+    """`rag:<collection>` -> the collection; plain `rag` -> None (the default)."""
+    _, _, collection = model.partition(":")
+    return collection or None
 
 
 def _last_user_text(messages) -> str:

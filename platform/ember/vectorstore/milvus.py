@@ -87,11 +87,20 @@ class MilvusStore:
             return {}
         return {"embedder": properties[EMBEDDER_KEY], "dim": int(properties[DIM_KEY])}
 
-    def check_embedder(self, name: str, embedder: str, dim: int) -> None:
+    def check_embedder(self, name: str, embedder: str, dim: int, adopt: bool = False) -> None:
+        """Refuse a collection made with another embedder.
+
+        `adopt` (ingestion only): a collection whose creating run died before
+        recording its embedder is claimed by this one instead of refused.
+        """
         made_with = self.embedder_of(name)
-        if not made_with:  # created, but the run died before recording its embedder
+        if not made_with and adopt:
             self._record_embedder(name, embedder, dim)
             return
+        if not made_with:
+            raise EmbedderMismatch(
+                f"collection '{name}' records no embedder (the ingestion that created it "
+                f"stopped early); re-run `ember ingest` into it to complete it.")
         if (made_with.get("embedder"), made_with.get("dim")) != (embedder, dim):
             raise EmbedderMismatch(
                 f"collection '{name}' was made with embedder '{made_with.get('embedder')}' "
@@ -100,7 +109,7 @@ class MilvusStore:
 
     def ensure_collection(self, name: str, embedder: str, dim: int) -> None:
         if self.exists(name):
-            self.check_embedder(name, embedder, dim)
+            self.check_embedder(name, embedder, dim, adopt=True)
             return
         self._create_chunks(name, dim)
         self._create_ledger(name + LEDGER_SUFFIX)
