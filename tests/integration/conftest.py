@@ -2,9 +2,11 @@
 
 A local Ray cluster (its own, never the user's), the sample corpus ingested
 through Ray Data into a Milvus Lite file of the session's own, Serve HTTP on a
-free port, and the RAG application built from the default Serve config's
-args, so the tests exercise what `ember up` deploys: real vLLM (CPU backend)
-with the embedded SmolLM2, the real embedder, real Milvus Lite.
+free port, and the default Serve config (cluster/serve/local.yaml) applied
+through Serve's REST API as `serve deploy` and `ember up` do, so the tests
+exercise what `ember up` deploys: real vLLM (CPU backend) with the embedded
+SmolLM2, the real embedder, real Milvus Lite. Declarative, not `serve.run`:
+`ember serve-model` extends the deployed config, as on a user's cluster.
 """
 
 from __future__ import annotations
@@ -31,9 +33,17 @@ def free_port() -> int:
 def ray_cluster():
     import ray
 
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=8, include_dashboard=True, dashboard_port=free_port(),
+             log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def dashboard_url(ray_cluster) -> str:
+    from ray._private.worker import global_worker
+
+    return f"http://{global_worker.node.address_info['webui_url']}"
 
 
 @pytest.fixture(scope="session")
@@ -52,25 +62,31 @@ def sample_ingest(ray_cluster, milvus_uri):
 
 
 @pytest.fixture(scope="session")
-def local_app_args(milvus_uri) -> dict:
+def serve_config(milvus_uri) -> dict:
+    """cluster/serve/local.yaml with the session's port and Milvus file."""
     config = yaml.safe_load((REPO / "cluster" / "serve" / "local.yaml").read_text())
+    config["http_options"]["port"] = free_port()
     args = config["applications"][0]["args"]
     args["rag"]["milvus_uri"] = milvus_uri
     assert args["rag"]["default_collection"] == COLLECTION
-    return args
+    return config
 
 
 @pytest.fixture(scope="session")
-def base_url(ray_cluster, local_app_args, sample_ingest) -> str:
-    """URL of the deployed service (built through `serve_apps.rag:build_app`)."""
+def local_app_args(serve_config) -> dict:
+    return serve_config["applications"][0]["args"]
+
+
+@pytest.fixture(scope="session")
+def base_url(ray_cluster, dashboard_url, serve_config, sample_ingest) -> str:
+    """URL of the deployed service (`serve_apps.rag:build_app`, applied like `serve deploy`)."""
+    from ember.cluster.serve_status import wait_until_running
     from ray import serve
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-    from serve_apps.rag import build_app
-
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(local_app_args), name="ember", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
+    ServeSubmissionClient(dashboard_url).deploy_applications(serve_config)
+    wait_until_running(dashboard_url, ["ember"], timeout_s=900)
+    yield f"http://127.0.0.1:{serve_config['http_options']['port']}"
     serve.shutdown()
 
 

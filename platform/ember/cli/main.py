@@ -11,14 +11,24 @@ import sys
 
 import httpx
 
-from ember.cli import ask_cmd, bench_cmd, chat_cmd, cluster_cmd, ingest_cmd, models_cmd
+from ember.cli import (
+    ask_cmd,
+    bench_cmd,
+    chat_cmd,
+    cluster_cmd,
+    data_cmd,
+    ingest_cmd,
+    models_cmd,
+    train_cmd,
+)
 from ember.errors import EmberError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ember", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (models_cmd, cluster_cmd, chat_cmd, ask_cmd, ingest_cmd, bench_cmd):
+    for module in (models_cmd, cluster_cmd, chat_cmd, ask_cmd, ingest_cmd, data_cmd, train_cmd,
+                   bench_cmd):
         module.register(commands)
     return parser
 

@@ -41,10 +41,15 @@ def load_serve_config(path: str | Path) -> dict[str, Any]:
     except ValidationError as exc:
         raise ConfigError(f"{path}: not a valid Serve config: {describe_errors(exc)}") from exc
     for app in data.get("applications", []):
-        schema = APP_ARG_SCHEMAS.get(app.get("import_path"))
-        if schema is not None:
-            validate(schema, app.get("args") or {}, source=f"{path}: app '{app.get('name')}' args")
+        validate_app_args(app, source=str(path))
     return data
+
+
+def validate_app_args(app: dict[str, Any], source: str) -> None:
+    """Check an application's `args` against Ember's schema for its import path."""
+    schema = APP_ARG_SCHEMAS.get(app.get("import_path"))
+    if schema is not None:
+        validate(schema, app.get("args") or {}, source=f"{source}: app '{app.get('name')}' args")
 
 
 def http_endpoint(config: dict[str, Any]) -> tuple[str, int]:

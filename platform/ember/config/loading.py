@@ -52,6 +52,32 @@ def apply_env_overrides(
     return result
 
 
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` applied key by key, nested mappings merged, not replaced."""
+    result = _deep_copy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = deep_merge(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def parse_set_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`["train.lr=1e-4", "name=x"]` -> `{"train": {"lr": 1e-4}, "name": "x"}` (YAML values)."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
+        node = result
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = yaml.safe_load(raw)
+    return result
+
+
 def validate(model: type[T], data: dict[str, Any], source: str = "config") -> T:
     """Validate `data` into `model`, turning pydantic errors into one readable message."""
     try:

@@ -3,7 +3,9 @@
 - every OpenAI route of Ray's ingress, unchanged (inherited);
 - `rag` / `rag:<collection>` as models in /v1/models: a chat with one of them
   retrieves, assembles a cited prompt and generates; the response carries
-  `sources` (on the first chunk when streaming);
+  `sources` (on the first chunk when streaming); `rag@<model>` and
+  `rag:<collection>@<model>` answer with another served model (a fine-tuned
+  one, say) instead of the default answering model;
 - `/v1/embeddings` for the embedder (other models go to Ray's route);
 - plain endpoints: POST /v1/retrieve, /generate, /rag-generate; GET /health,
   /metrics.
@@ -64,7 +66,13 @@ class RAGIngress(EmberIngress):
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         if not _is_rag(body.model):
             return await super().chat(body, request)
-        collection = _collection_of(body.model) or self.rag.default_collection
+        collection, answering = _parse_rag_model(body.model)
+        collection = collection or self.rag.default_collection
+        answering = answering or self.answering["model"]
+        served = [card.id for card in (await super().models()).data]
+        if answering not in served:
+            return openai_error(404, f"model '{answering}' (after '@' in '{body.model}') is "
+                                f"not served; served models: {served}", "model")
         question = _last_user_text(body.messages)
         try:
             sources = await self.retriever.retrieve(question, collection, self.rag.top_k)
@@ -73,7 +81,7 @@ class RAGIngress(EmberIngress):
             messages, kept = await self._fit(list(body.messages), sources, max_tokens)
         except (RetrievalError, ContextTooLong) as exc:
             return self._error(exc)
-        llm_body = body.model_copy(update={"model": self.answering["model"],
+        llm_body = body.model_copy(update={"model": answering,
                                            "messages": messages, "max_tokens": max_tokens})
         response = await super().chat(llm_body, request)
         return streams.with_sources(response, [s.as_dict() for s in kept], body.model)
@@ -176,13 +184,15 @@ class RAGIngress(EmberIngress):
 
 
 def _is_rag(model: str | None) -> bool:
-    return model is not None and (model == RAG_MODEL or model.startswith(f"{RAG_MODEL}:"))
+    return model is not None and (model == RAG_MODEL or model.startswith(
+        (f"{RAG_MODEL}:", f"{RAG_MODEL}@")))
 
 
-def _collection_of(model: str) -> str | None:
-    """`rag:<collection>` -> the collection; plain `rag` -> None (the default)."""
-    _, _, collection = model.partition(":")
-    return collection or None
+def _parse_rag_model(model: str) -> tuple[str | None, str | None]:
+    """`rag:<collection>@<model>` -> (collection, model); missing parts are None."""
+    rest, _, answering = model.partition("@")
+    _, _, collection = rest.partition(":")
+    return collection or None, answering or None
 
 
 def _last_user_text(messages) -> str:

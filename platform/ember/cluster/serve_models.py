@@ -1,0 +1,160 @@
+"""Adding a fine-tuned model to the running service (`ember serve-model`).
+
+The service's applications are read back from Serve (`get_serve_details`), the
+app's `args.models` gains one entry (the first model's engine, autoscaling and
+resources, with the new name and folder), and the whole config is applied again
+with `deploy_applications`, exactly what `serve deploy` does. The new model then
+sits in `/v1/models`, answers chat completions, and answers RAG requests as
+`rag@NAME` / `rag:COLLECTION@NAME`.
+
+Serve derives an app's code version from its args, so the app's deployments are
+replaced by a rolling update: with one replica per deployment, as on the local
+CPU cluster, requests wait while the engines restart (about two minutes here).
+
+MLflow URIs (`models:/NAME/VERSION`, `runs:/ID/model`) are downloaded into
+`$EMBER_HOME/models/served/NAME`; on a multi-node cluster EMBER_HOME must be on
+storage every node sees (as for the training job's outputs).
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+from ember.config.paths import models_dir
+from ember.errors import ClusterError, EmberError
+
+# What a new model inherits from the app's first model: it runs on the same kind of replica.
+INHERITED_KEYS = ("engine", "autoscaling", "placement", "accelerator_type",
+                  "max_ongoing_requests", "env", "stream_batching_interval_ms")
+
+
+def fetch_model(source: str, name: str, tracking_uri: str | None = None) -> Path:
+    """A local model folder for `source`: an MLflow model URI or a folder."""
+    if source.startswith(("models:/", "runs:/")):
+        return _download(source, name, tracking_uri)
+    folder = Path(source).expanduser().resolve()
+    _check_model_folder(folder, source)
+    return folder
+
+
+def _download(uri: str, name: str, tracking_uri: str | None) -> Path:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from ember.training.tracking import default_tracking_uri
+
+    tracking_uri = tracking_uri or default_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    target = models_dir() / "served" / name
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
+    except MlflowException as exc:
+        raise EmberError(f"cannot fetch {uri} from MLflow at {tracking_uri}: {exc.message}") \
+            from exc
+    _check_model_folder(local, uri)
+    return local
+
+
+def _check_model_folder(folder: Path, source: str) -> None:
+    if (folder / "adapter_config.json").is_file():
+        raise EmberError(f"{source} is a LoRA adapter alone; serve a merged model (the job's "
+                         f"default, `method.export: merged`)")
+    if not (folder / "config.json").is_file():
+        raise EmberError(f"{source}: {folder} is not a model folder (no config.json)")
+
+
+def with_extra_model(app: dict, name: str, folder: str | Path) -> dict:
+    """A copy of one application config whose `args.models` also serves `folder` as `name`."""
+    app = copy.deepcopy(app)
+    models = (app.get("args") or {}).get("models") or []
+    if not models:
+        raise ClusterError(f"application '{app.get('name')}' lists no models in its args")
+    taken = [m.get("name") for m in models]
+    if name in taken:
+        raise ClusterError(f"a model named '{name}' is already served by "
+                           f"'{app.get('name')}' (models: {taken}); pick another --name")
+    entry = {k: copy.deepcopy(models[0][k]) for k in INHERITED_KEYS if k in models[0]}
+    models.append({"name": name, "source": str(folder), **entry})
+    return app
+
+
+def deploy_config(details: dict, app_name: str, name: str, folder: Path) -> dict:
+    """The full Serve config to apply: every app as deployed, one of them extended."""
+    apps = details.get("applications") or {}
+    if app_name not in apps:
+        raise ClusterError(f"no Serve application '{app_name}' is running "
+                           f"(running: {sorted(apps)}); start it with `ember up`")
+    configs = []
+    for app, info in apps.items():
+        deployed = info.get("deployed_app_config")
+        if deployed is None:
+            raise ClusterError(f"application '{app}' was deployed from Python (serve.run), "
+                               f"so Serve has no config to extend; add the model to its "
+                               f"Serve config instead")
+        configs.append(with_extra_model(deployed, name, folder) if app == app_name
+                       else deployed)
+    http = {k: v for k, v in (details.get("http_options") or {}).items() if v is not None}
+    return {"proxy_location": details.get("proxy_location") or "HeadOnly",
+            "http_options": http, "applications": configs}
+
+
+def add_model(dashboard_url: str, source: str, name: str, app_name: str = "ember",
+              tracking_uri: str | None = None, progress=print) -> Path:
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    from ember.cluster.serve_config import validate_app_args
+    from ember.cluster.serve_status import serve_details
+
+    folder = fetch_model(source, name, tracking_uri)
+    progress(f"model {source} -> {folder}")
+    config = deploy_config(serve_details(dashboard_url), app_name, name, folder)
+    for app in config["applications"]:
+        validate_app_args(app, source="serve-model")
+    progress(f"redeploying '{app_name}' with model '{name}' (a rolling update)")
+    ServeSubmissionClient(dashboard_url).deploy_applications(config)
+    host, port = config["http_options"].get("host", "127.0.0.1"), \
+        config["http_options"].get("port", 8000)
+    wait_for_model(f"http://{_reachable(host)}:{port}", name, dashboard_url, app_name, progress)
+    return folder
+
+
+def wait_for_model(base_url: str, name: str, dashboard_url: str, app_name: str,
+                   progress=print, timeout_s: float = 1200) -> None:
+    """Until `name` is in /v1/models and the app is RUNNING, showing Serve's progress."""
+    import time
+
+    import httpx
+
+    from ember.cluster.serve_status import app_summary, serve_details
+
+    start, last = time.monotonic(), None
+    while time.monotonic() - start < timeout_s:
+        state = app_summary(serve_details(dashboard_url)).get(app_name, {})
+        line = f"{app_name}: {state.get('status')} {state.get('deployments', {})}"
+        if line != last:
+            progress(f"  [{time.monotonic() - start:5.0f}s] {line}")
+            last = line
+        if state.get("status") == "DEPLOY_FAILED":
+            raise ClusterError(f"redeploying '{app_name}' failed:\n{state.get('message')}")
+        if state.get("status") == "RUNNING" and name in _listed_models(httpx, base_url):
+            return
+        time.sleep(3)
+    raise ClusterError(f"model '{name}' not served after {timeout_s:.0f}s; see `ember status`")
+
+
+def _listed_models(httpx, base_url: str) -> list[str]:
+    try:
+        response = httpx.get(f"{base_url}/v1/models", timeout=10)
+        return [m["id"] for m in response.json().get("data", [])]
+    except (httpx.HTTPError, ValueError):
+        return []
+
+
+def _reachable(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host

@@ -1,0 +1,1 @@
+"""Fine-tuning: SFT data preparation, the model wrapper, the training loop, export."""

@@ -1,0 +1,323 @@
+"""Fine-tuning through Ray Train, for real: the shipped CPU job configs, few steps.
+
+Full FSDP2, DeepSpeed and the kill/resume test use a small model built from the
+embedded SmolLM2's config (2 layers, random weights, its tokenizer) so each run
+takes seconds; LoRA and QLoRA train the embedded model itself, and the LoRA
+result is served back through the running service. Every run goes through
+`run_sft` (or `python -m train_jobs.sft`), Ray Train, MLflow (SQLite) and the
+checkpoint storage; the tests read what those left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import COLLECTION, REPO
+
+JOBS = REPO / "cluster" / "jobs"
+TINY_MODEL = {
+    "source": "smollm2-135m-instruct", "random_init": True,
+    "config_overrides": {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+                         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16},
+}
+FAST = {"log_every": 1, "eval_batches": 3}
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def job(config: str, tmp_path: Path, mlflow_uri: str, **overrides):
+    from ember.config.loading import deep_merge
+    from ember.training.job import load_job_config
+
+    base = {"output": {"storage_path": str(tmp_path / "store")},
+            "tracking": {"uri": mlflow_uri}, "eval": {"sample_prompts": 1, "max_new_tokens": 8}}
+    return load_job_config(str(JOBS / config), deep_merge(base, overrides))
+
+
+def run(config):
+    from ember.training.job import run_sft
+
+    return run_sft(config)
+
+
+def mlflow_client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+# --- full fine-tuning, FSDP2 over two workers -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def full_run(ray_cluster, tmp_path_factory, mlflow_uri):
+    config = job("sft-full-fsdp2-cpu.yaml", tmp_path_factory.mktemp("full"), mlflow_uri,
+                 name="tiny-full", model=TINY_MODEL,
+                 train={"max_steps": 8, "lr": 3e-3, "eval_every": 4, "checkpoint_every": 4,
+                        **FAST},
+                 tracking={"register_as": "tiny-full"})
+    return config, run(config)
+
+
+def test_full_fsdp2_loss_falls_and_every_weight_trains(full_run):
+    import torch
+    from ember.training.modeling import build_base_model
+
+    config, result = full_run
+    assert result.metrics["val_loss"] < result.metrics["base_val_loss"] - 0.05
+    initial = build_base_model(config, "cpu").state_dict()  # seeded: the job's start
+    trained = tensors(Path(result.model_dir) / "model.safetensors")
+    assert set(trained) <= set(initial)
+    unchanged = [name for name, t in trained.items() if torch.equal(t, initial[name])]
+    assert not unchanged, f"weights that did not train: {unchanged}"
+
+
+def test_full_fsdp2_checkpoint_holds_shards_state_and_export(full_run):
+    _, result = full_run
+    checkpoint = Path(result.checkpoint)
+    assert checkpoint.name == "checkpoint_000008"
+    assert sorted(os.listdir(checkpoint / "dcp")) == [".metadata", "__0_0.distcp",
+                                                      "__1_0.distcp"]
+    assert {"trainer_state.json", "scheduler.pt", "export"} <= set(os.listdir(checkpoint))
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= set(
+        os.listdir(checkpoint / "export"))
+    assert sorted(p.name for p in checkpoint.parent.glob("checkpoint_*")) == [
+        "checkpoint_000004", "checkpoint_000008"]
+
+
+def test_full_fsdp2_mlflow_run_has_params_metrics_artifacts_and_version(full_run, mlflow_uri):
+    _, result = full_run
+    client = mlflow_client(mlflow_uri)
+    run_ = client.get_run(result.run_id)
+    assert run_.info.status == "FINISHED"
+    assert run_.data.params["method.name"] == "full"
+    assert run_.data.params["scaling.num_workers"] == "2"
+    assert {"loss", "lr", "tokens_per_s", "grad_norm", "val_loss", "val_perplexity",
+            "base_val_perplexity"} <= set(run_.data.metrics)
+    losses = client.get_metric_history(result.run_id, "loss")
+    assert [m.step for m in losses] == list(range(1, 9))
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "model")}
+    assert "model/model.safetensors" in artifacts
+    assert {a.path for a in client.list_artifacts(result.run_id, "config")} == {
+        "config/job.yaml"}
+    version = client.get_model_version("tiny-full", "1")
+    assert version.run_id == result.run_id
+    assert result.registered == "models:/tiny-full/1"
+
+
+# --- DeepSpeed ZeRO-2 over two workers ---------------------------------------------------
+
+
+def test_deepspeed_zero2_trains_and_checkpoints_per_rank(ray_cluster, tmp_path, mlflow_uri):
+    config = job("sft-deepspeed-cpu.yaml", tmp_path, mlflow_uri, name="tiny-ds",
+                 model=TINY_MODEL, tracking={"register_as": None},
+                 train={"max_steps": 6, "lr": 3e-3, "eval_every": 0, "checkpoint_every": 0,
+                        **FAST})
+    result = run(config)
+    assert result.metrics["val_loss"] < result.metrics["base_val_loss"] - 0.05
+    state = Path(result.checkpoint) / "deepspeed" / "state"
+    files = set(os.listdir(state))
+    assert {"mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+            "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= files
+    assert (Path(result.model_dir) / "model.safetensors").is_file()
+
+
+# --- LoRA and QLoRA on the embedded model ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lora_run(ray_cluster, tmp_path_factory, mlflow_uri):
+    config = job("sft-lora-cpu.yaml", tmp_path_factory.mktemp("lora"), mlflow_uri,
+                 name="keeper-lora", scaling={"resources_per_worker": {"CPU": 2}},
+                 train={"max_steps": 4, "batch_size": 4, "grad_accum": 1, "lr": 2e-3,
+                        "warmup_steps": 1, "eval_every": 0, "checkpoint_every": 2, **FAST},
+                 tracking={"register_as": "keeper-lora-test"})
+    return config, run(config)
+
+
+def test_lora_trains_adapters_only_and_merges(lora_run):
+    import torch
+    from ember.models.catalogue import resolve_model
+
+    config, result = lora_run
+    assert result.metrics["val_loss"] < result.metrics["base_val_loss"] - 0.05
+    adapter = tensors(Path(result.checkpoint) / "adapter" / "adapter_model.safetensors")
+    lora_b = {k: t for k, t in adapter.items() if "lora_B" in k}
+    assert len(lora_b) == 30 * 4  # 30 layers x q/k/v/o
+    assert all(t.abs().sum() > 0 for t in lora_b.values())  # lora_B starts at zero
+    base = tensors(Path(resolve_model(config.model.source)) / "model.safetensors")
+    merged = tensors(Path(result.model_dir) / "model.safetensors")
+    targets = tuple(config.method.lora.target_modules)
+    for name, weight in base.items():
+        changed = not torch.equal(merged[name], weight.to(merged[name].dtype))
+        assert changed == name.removesuffix(".weight").endswith(targets), name
+
+
+def test_lora_sample_answers_compare_base_and_tuned(lora_run):
+    _, result = lora_run
+    assert len(result.samples) == 1
+    assert set(result.samples[0]) == {"prompt", "base", "tuned"}
+    assert result.samples[0]["tuned"]
+
+
+def test_qlora_trains_on_a_4bit_base(ray_cluster, tmp_path, mlflow_uri):
+    config = job("sft-qlora-cpu.yaml", tmp_path, mlflow_uri, name="keeper-qlora",
+                 scaling={"resources_per_worker": {"CPU": 2}}, eval={"sample_prompts": 0},
+                 tracking={"register_as": None},
+                 train={"max_steps": 3, "batch_size": 4, "lr": 2e-3, "warmup_steps": 1,
+                        "eval_every": 0, "checkpoint_every": 0, **FAST})
+    result = run(config)
+    assert result.metrics["val_loss"] < result.metrics["base_val_loss"]
+    client = mlflow_client(mlflow_uri)
+    params = client.get_run(result.run_id).data.params
+    assert params["method.quant.quant_type"] == "nf4"
+    assert params["method.quant.double_quant"] == "True"
+    # A 4-bit base has fewer parameter elements (packed) than the bf16 model's 134.5M.
+    total = client.get_run(result.run_id).data.metrics["total_params"]
+    assert total < 100e6
+    assert (Path(result.model_dir) / "model.safetensors").is_file()  # merged in full precision
+
+
+# --- failures: a killed worker, a crash ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def killed_run(ray_cluster, tmp_path_factory, mlflow_uri):
+    """`python -m train_jobs.sft` with a worker SIGKILLed after the first checkpoint."""
+    store = tmp_path_factory.mktemp("killed") / "store"
+    sets = {"name": "tiny-killed", "model": json.dumps(TINY_MODEL),
+            "output.storage_path": str(store),
+            "tracking.uri": mlflow_uri, "tracking.register_as": "null",
+            "failure.max_failures": "1", "train.max_steps": "30", "train.lr": "3e-3",
+            "train.checkpoint_every": "5", "train.eval_every": "0", "train.log_every": "5",
+            "train.eval_batches": "2", "eval.sample_prompts": "0"}
+    command = [sys.executable, "-m", "train_jobs.sft", "--config",
+               str(JOBS / "sft-full-fsdp2-cpu.yaml")]
+    for key, value in sets.items():
+        command += ["--set", f"{key}={value}"]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    killed_pid = kill_a_worker_after(store / "tiny-killed" / "checkpoint_000005", process)
+    output, _ = process.communicate(timeout=600)
+    return process.returncode, output, killed_pid, store / "tiny-killed"
+
+
+def kill_a_worker_after(checkpoint: Path, process, timeout_s: float = 300) -> int:
+    from ray.util.state import list_actors
+
+    deadline = time.monotonic() + timeout_s
+    while not (checkpoint / "trainer_state.json").exists():
+        assert process.poll() is None, "the job ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"),
+                                   ("state", "=", "ALIVE")])
+    assert len(workers) == 2
+    pid = workers[-1].pid
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def test_killed_worker_is_replaced_and_training_resumes(killed_run, mlflow_uri):
+    returncode, output, killed_pid, run_dir = killed_run
+    assert returncode == 0, output[-3000:]
+    resumed = [line for line in output.splitlines() if "resumed from the checkpoint" in line]
+    assert resumed, output[-3000:]
+    resumed_step = int(resumed[0].rsplit(" ", 1)[1])
+    assert 5 <= resumed_step < 30 and resumed_step % 5 == 0
+    assert (run_dir / "checkpoint_000030" / "export" / "model.safetensors").is_file()
+    run_id = next(line.split()[2] for line in output.splitlines()
+                  if line.startswith("mlflow run"))
+    history = mlflow_client(mlflow_uri).get_metric_history(run_id, "resumed_from_step")
+    assert [int(m.value) for m in history] == [resumed_step]
+
+
+def test_crash_keeps_last_checkpoint_and_marks_run_failed(killed_run, mlflow_uri, tmp_path):
+    """Resuming with a model shape the checkpoint cannot load: every attempt crashes."""
+    from ray.train import TrainingFailedError
+
+    _, _, _, run_dir = killed_run
+    before = checkpoint_files(run_dir)
+    config = job("sft-full-fsdp2-cpu.yaml", run_dir.parent.parent, mlflow_uri,
+                 name="tiny-killed", failure={"max_failures": 0},
+                 model={**TINY_MODEL, "config_overrides": {**TINY_MODEL["config_overrides"],
+                                                           "intermediate_size": 96}},
+                 output={"storage_path": str(run_dir.parent)},
+                 train={"max_steps": 40, "checkpoint_every": 5, "eval_every": 0, **FAST})
+    with pytest.raises(TrainingFailedError):
+        run(config)
+    assert checkpoint_files(run_dir) == before
+    client = mlflow_client(mlflow_uri)
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    runs = client.search_runs([experiment.experiment_id], "tags.`ember.job` = 'tiny-killed'",
+                              order_by=["start_time DESC"])
+    assert runs[0].info.status == "FAILED"
+
+
+def checkpoint_files(run_dir: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in run_dir.glob("checkpoint_*/**/*") if p.is_file()}
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+def test_invalid_lines_stop_the_job_before_any_worker(ray_cluster, tmp_path, mlflow_uri):
+    from ember.training.datasets import DatasetRejected
+
+    bad = REPO / "tests" / "assets" / "sft" / "bad.jsonl"
+    config = job("sft-lora-cpu.yaml", tmp_path, mlflow_uri, name="refused",
+                 data={"path": str(bad), "on_invalid": "stop"})
+    with pytest.raises(DatasetRejected, match=r"line \d+"):
+        run(config)
+    assert not (tmp_path / "store").exists()
+
+
+def test_unknown_config_key_is_named_before_ray(tmp_path):
+    from ember.config.loading import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown key 'train.learning_rate'"):
+        job("sft-lora-cpu.yaml", tmp_path, "sqlite:///unused.db",
+            train={"learning_rate": 1e-4})
+
+
+# --- back to serving ---------------------------------------------------------------------
+
+
+def test_trained_model_is_served_by_the_running_service(lora_run, base_url, dashboard_url,
+                                                        openai_client, mlflow_uri, capsys):
+    """`ember serve-model models:/...` adds the model; it answers, RAG included."""
+    from ember.cli.main import main
+
+    _, result = lora_run
+    assert main(["serve-model", result.registered, "--name", "lantern-keeper",
+                 "--address", dashboard_url, "--tracking-uri", mlflow_uri]) == 0
+    assert "is served from" in capsys.readouterr().out
+    ids = [m.id for m in openai_client.models.list().data]
+    assert "lantern-keeper" in ids and "smollm2-135m-instruct" in ids
+    chat = openai_client.chat.completions.create(
+        model="lantern-keeper", max_tokens=24, temperature=0,
+        messages=[{"role": "user", "content": "Who looks after the lanterns?"}])
+    assert chat.model == "lantern-keeper" and chat.choices[0].message.content.strip()
+    rag = openai_client.chat.completions.create(
+        model=f"rag:{COLLECTION}@lantern-keeper", max_tokens=24, temperature=0,
+        messages=[{"role": "user", "content": "Who is the head pilot?"}])
+    assert rag.choices[0].message.content.strip()
+    assert rag.model_extra["sources"]
