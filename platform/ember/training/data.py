@@ -338,17 +338,19 @@ def _inside(offsets: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
 
 
 def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example: input_ids with pad_id, labels with -100."""
+    """Right-pad to the longest example: input_ids with pad_id, labels with -100.
+
+    Rows may hold lists or 1-D tensors; tensors make this a few vector ops, which
+    matters on a GPU where a step of a 1B model takes ~0.15 s.
+    """
     import torch
+    from torch.nn.utils.rnn import pad_sequence
 
-    width = max(len(example["input_ids"]) for example in batch)
-
-    def padded(key: str, value: int) -> list[list[int]]:
-        return [ex[key] + [value] * (width - len(ex[key])) for ex in batch]
-
-    mask = [[1] * len(ex["input_ids"]) + [0] * (width - len(ex["input_ids"])) for ex in batch]
-    return {
-        "input_ids": torch.tensor(padded("input_ids", pad_id), dtype=torch.long),
-        "labels": torch.tensor(padded("labels", IGNORE_INDEX), dtype=torch.long),
-        "attention_mask": torch.tensor(mask, dtype=torch.long),
-    }
+    ids = [torch.as_tensor(example["input_ids"], dtype=torch.long) for example in batch]
+    labels = [torch.as_tensor(example["labels"], dtype=torch.long) for example in batch]
+    lengths = torch.tensor([len(x) for x in ids])
+    input_ids = pad_sequence(ids, batch_first=True, padding_value=pad_id)
+    mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
+    return {"input_ids": input_ids,
+            "labels": pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX),
+            "attention_mask": mask}

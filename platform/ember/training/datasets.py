@@ -64,6 +64,6 @@ def synthetic_data(config: SFTJobConfig, vocab_size: int) -> tuple[list[dict], l
     synth, seq = config.data.synthetic, config.data.max_seq_len
     generator = torch.Generator().manual_seed(config.data.seed)
     tokens = torch.randint(0, vocab_size, (synth.samples, seq), generator=generator)
-    rows = [{"input_ids": row.tolist(), "labels": row.tolist()} for row in tokens]
+    rows = [{"input_ids": row, "labels": row} for row in tokens]
     n_val = max(1, int(len(rows) * config.data.val_fraction)) if config.data.val_fraction else 0
     return rows[n_val:], rows[:n_val]

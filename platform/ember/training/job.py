@@ -138,8 +138,9 @@ def _after_training(config: SFTJobConfig, result, prepared, tracker) -> SFTResul
 
     from ember.training.export import build_servable, format_samples, sample_answers
 
-    if result.checkpoint is None or not config.train.checkpoint_at_end:
-        return SFTResult("", "", dict(result.metrics or {}))  # a benchmark: nothing to export
+    if not config.train.checkpoint_at_end:  # a benchmark: metrics, nothing to export
+        return SFTResult(result.checkpoint.path if result.checkpoint else "", "",
+                         dict(result.metrics or {}))
     checkpoint = Path(result.checkpoint.path)
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     metrics = {**{k.removeprefix("last_"): v for k, v in state.items()}, **result.metrics}

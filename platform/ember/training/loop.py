@@ -78,7 +78,8 @@ class Worker:
 
                 vocab = AutoConfig.from_pretrained(model_path(self.config)).vocab_size
             return synthetic_data(self.config, vocab)
-        return ray.get(loop_config["train_ref"]), ray.get(loop_config["val_ref"])
+        return as_tensors(ray.get(loop_config["train_ref"])), \
+            as_tensors(ray.get(loop_config["val_ref"]))
 
     def _loader(self, rows: list[dict], shuffle: bool):
         from functools import partial
@@ -90,7 +91,8 @@ class Worker:
         sampler = DistributedSampler(rows, num_replicas=self.world, rank=self.rank,
                                      shuffle=shuffle, seed=self.config.data.seed)
         return DataLoader(rows, batch_size=self.config.train.batch_size, sampler=sampler,
-                          collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id))
+                          collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id),
+                          pin_memory=self.config.scaling.use_gpu)
 
     # -- the run ---------------------------------------------------------------------
 
@@ -149,12 +151,13 @@ class Worker:
         while self.state["step"] < self.total_steps:
             step_start = time.perf_counter()
             for _ in range(train.grad_accum):
-                batch = {k: v.to(self.device) for k, v in next(batches).items()}
+                batch = next(batches)
+                tokens += int(batch["attention_mask"].sum())  # on the CPU: no GPU sync
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 loss = self.engine.loss(batch)
                 self.engine.backward(loss)
                 self.engine.micro_step()
                 loss_sum += loss.detach()
-                tokens += int(batch["attention_mask"].sum())
             grad_norm = self.engine.step()
             self._sync()
             self.step_times.append(time.perf_counter() - step_start)
@@ -184,18 +187,24 @@ class Worker:
             metrics["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
         return metrics
 
-    def _checkpoint_due(self, step: int) -> bool:
+    def _checkpoint_due(self, step: int) -> str | None:
+        """"full" (resumable state), "summary" (only trainer_state.json) or None.
+
+        Ray Train V2 returns metrics to the driver only with a checkpoint, so a run
+        without `checkpoint_at_end` (a benchmark) ends with a summary checkpoint: its
+        metrics, no weights. Such a run cannot be resumed past its end.
+        """
         every = self.config.train.checkpoint_every
         if step == self.total_steps:
-            return self.config.train.checkpoint_at_end
-        return every > 0 and step % every == 0
+            return "full" if self.config.train.checkpoint_at_end else "summary"
+        return "full" if every > 0 and step % every == 0 else None
 
     def _eval_due(self, step: int) -> bool:
         every = self.config.train.eval_every
         return self.val_loader is not None and (
             step == self.total_steps or (every > 0 and step % every == 0))
 
-    def _report(self, metrics: dict, with_checkpoint: bool) -> None:
+    def _report(self, metrics: dict, with_checkpoint: str | None) -> None:
         import ray.train
 
         step = self.state["step"]
@@ -214,12 +223,15 @@ class Worker:
             return
         with tempfile.TemporaryDirectory(prefix="ember-ckpt-") as tmp:
             folder = Path(tmp)
-            self.engine.save_state(folder)
-            if step == self.total_steps:
-                self.engine.export(folder / "export", self.tokenizer)
+            if with_checkpoint == "full":
+                self.engine.save_state(folder)
+                if step == self.total_steps:
+                    self.engine.export(folder / "export", self.tokenizer)
             if self.rank == 0:
                 (folder / STATE_FILE).write_text(json.dumps(self.state, indent=1))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint = ray.train.Checkpoint.from_directory(tmp) if any(folder.iterdir()) \
+                else None
+            ray.train.report(metrics, checkpoint=checkpoint,
                              checkpoint_dir_name=f"checkpoint_{step:06d}")
 
     def evaluate(self) -> dict:
@@ -275,6 +287,13 @@ class Worker:
     def _log(self, metrics: dict) -> None:
         if self.tracker is not None:
             self.tracker.log_metrics(metrics, step=self.state["step"])
+
+
+def as_tensors(rows: list[dict]) -> list[dict]:
+    """Token lists to tensors once, so batches collate without Python loops."""
+    import torch
+
+    return [{k: torch.tensor(v, dtype=torch.long) for k, v in row.items()} for row in rows]
 
 
 def total_steps(config: SFTJobConfig, batches_per_epoch: int) -> int:
