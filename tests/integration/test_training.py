@@ -98,7 +98,7 @@ def test_full_fsdp2_checkpoint_holds_shards_state_and_export(full_run):
     assert {"trainer_state.json", "scheduler.pt", "export"} <= set(os.listdir(checkpoint))
     assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= set(
         os.listdir(checkpoint / "export"))
-    assert sorted(p.name for p in checkpoint.parent.glob("checkpoint_*")) == [
+    assert sorted(p.name for p in checkpoint.parent.glob("checkpoint_0*")) == [
         "checkpoint_000004", "checkpoint_000008"]
 
 
@@ -221,16 +221,19 @@ def killed_run(ray_cluster, tmp_path_factory, mlflow_uri):
 
 
 def kill_a_worker_after(checkpoint: Path, process, timeout_s: float = 300) -> int:
-    from ray.util.state import list_actors
+    """SIGKILL one Ray Train worker of the job `process` drives, once `checkpoint` exists."""
+    from ray.util.state import list_actors, list_jobs
 
     deadline = time.monotonic() + timeout_s
     while not (checkpoint / "trainer_state.json").exists():
         assert process.poll() is None, "the job ended before its first checkpoint"
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.2)
+    job_id = next(j.job_id for j in list_jobs()
+                  if j.driver_info and int(j.driver_info.pid) == process.pid)
     workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"),
-                                   ("state", "=", "ALIVE")])
-    assert len(workers) == 2
+                                   ("state", "=", "ALIVE"), ("job_id", "=", job_id)])
+    assert len(workers) == 2, workers
     pid = workers[-1].pid
     os.kill(pid, signal.SIGKILL)
     return pid
@@ -239,12 +242,13 @@ def kill_a_worker_after(checkpoint: Path, process, timeout_s: float = 300) -> in
 def test_killed_worker_is_replaced_and_training_resumes(killed_run, mlflow_uri):
     returncode, output, killed_pid, run_dir = killed_run
     assert returncode == 0, output[-3000:]
+    assert f"pid={killed_pid})" in output  # it was one of this job's workers
     resumed = [line for line in output.splitlines() if "resumed from the checkpoint" in line]
     assert resumed, output[-3000:]
     resumed_step = int(resumed[0].rsplit(" ", 1)[1])
     assert 5 <= resumed_step < 30 and resumed_step % 5 == 0
     assert (run_dir / "checkpoint_000030" / "export" / "model.safetensors").is_file()
-    run_id = next(line.split()[2] for line in output.splitlines()
+    run_id = next(line.split()[-1] for line in output.splitlines()
                   if line.startswith("mlflow run"))
     history = mlflow_client(mlflow_uri).get_metric_history(run_id, "resumed_from_step")
     assert [int(m.value) for m in history] == [resumed_step]

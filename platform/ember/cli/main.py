@@ -20,6 +20,7 @@ from ember.cli import (
     ingest_cmd,
     models_cmd,
     train_cmd,
+    tune_cmd,
 )
 from ember.errors import EmberError
 
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ember", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (models_cmd, cluster_cmd, chat_cmd, ask_cmd, ingest_cmd, data_cmd, train_cmd,
-                   bench_cmd):
+                   tune_cmd, bench_cmd):
         module.register(commands)
     return parser
 

@@ -56,7 +56,10 @@ def storage_path(config: SFTJobConfig) -> Path:
     return Path(config.output.storage_path or ember_home() / "train").expanduser().resolve()
 
 
-def run_sft(config: SFTJobConfig) -> SFTResult:
+def run_sft(config: SFTJobConfig, callbacks: list | None = None,
+            run_tags: dict[str, str] | None = None) -> SFTResult:
+    """Run one job. `callbacks` are Ray Train callbacks (a Tune sweep passes its
+    reporter); `run_tags` are added to the MLflow run (a sweep's parent run id)."""
     from ember.training.modeling import load_tokenizer
 
     prepared = None
@@ -67,9 +70,9 @@ def run_sft(config: SFTJobConfig) -> SFTResult:
         print(f"[ember.train] dataset {config.data.path}: {len(prepared.train)} train, "
               f"{len(prepared.val)} validation examples\n{prepared.report_text}", flush=True)
     connect_ray()
-    tracker = _start_tracking(config, prepared)
+    tracker = _start_tracking(config, prepared, run_tags or {})
     try:
-        result = _fit(config, prepared, tracker)
+        result = _fit(config, prepared, tracker, callbacks or [])
         outcome = _after_training(config, result, prepared, tracker)
     except BaseException:
         if tracker is not None:
@@ -92,14 +95,14 @@ def connect_ray() -> None:
         ray.init(num_cpus=max(4, os.cpu_count() or 1))
 
 
-def _start_tracking(config: SFTJobConfig, prepared):
+def _start_tracking(config: SFTJobConfig, prepared, extra_tags: dict[str, str]):
     if not config.tracking.enabled:
         return None
     from ember.training.tracking import JobTracker
 
     tracker = JobTracker(config.tracking.uri, config.tracking.experiment)
     tags = {"ember.method": config.method.name, "ember.model": config.model.source,
-            "ember.job": config.name}
+            "ember.job": config.name, **extra_tags}
     tracker.start(config.name, config.model_dump(mode="json"), tags)
     tracker.log_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False),
                      "config/job.yaml")
@@ -109,7 +112,7 @@ def _start_tracking(config: SFTJobConfig, prepared):
     return tracker
 
 
-def _fit(config: SFTJobConfig, prepared, tracker):
+def _fit(config: SFTJobConfig, prepared, tracker, callbacks: list):
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -128,7 +131,7 @@ def _fit(config: SFTJobConfig, prepared, tracker):
         run_config=RunConfig(
             name=config.name, storage_path=str(storage_path(config)),
             failure_config=FailureConfig(max_failures=config.failure.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2)),
+            checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks),
     )
     return trainer.fit()
 

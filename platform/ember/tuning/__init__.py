@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps over SFT jobs: search spaces, Optuna + ASHA wiring, MLflow."""

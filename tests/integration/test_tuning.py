@@ -1,0 +1,180 @@
+"""Sweeps for real: Ray Tune + Optuna + ASHA over the SFT job, MLflow parent/child runs.
+
+Trials train the LoRA job on the small random model of test_training.py (a few
+steps each), one trial at a time so the order ASHA sees is fixed: a sound
+config first, then one with a learning rate far too high (stopped at its first
+evaluation), then one whose config crashes, then Optuna's own proposals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.conftest import REPO
+from tests.integration.test_training import TINY_MODEL
+
+GOOD = {"train.lr": 3e-3, "method.lora.r": 8, "method.lora.dropout": 0.0,
+        "train.warmup_steps": 0}
+TOO_HIGH = {**GOOD, "train.lr": 2.0}
+CRASHES = {**GOOD, "method.lora.dropout": 1.5}  # outside LoRA's [0, 1): the trial's job is refused
+
+
+def sweep_yaml(tmp: Path, mlflow_uri: str, name: str, points: list[dict], samples: int) -> Path:
+    data = {
+        "name": name, "base_job": str(REPO / "cluster" / "jobs" / "sft-lora-cpu.yaml"),
+        "overrides": {"model": TINY_MODEL,
+                      "train": {"max_steps": 6, "eval_every": 2, "log_every": 2,
+                                "eval_batches": 2, "batch_size": 4, "grad_accum": 1},
+                      "scaling": {"resources_per_worker": {"CPU": 1}},
+                      "tracking": {"uri": mlflow_uri, "register_as": None}},
+        "search_space": {
+            "train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+            "method.lora.r": {"type": "choice", "values": [4, 8]},
+            "method.lora.dropout": {"type": "uniform", "low": 0.0, "high": 0.1},
+            "train.warmup_steps": {"type": "randint", "low": 0, "high": 2}},
+        "search": {"seed": 7, "num_samples": samples, "max_concurrent_trials": 1,
+                   "points_to_evaluate": points},
+        "asha": {"grace_period": 1, "reduction_factor": 2},
+        "time_budget_s": 1200,
+        "storage_path": str(tmp / "tune"),
+        "tracking": {"uri": mlflow_uri, "experiment": "ember-sweeps-test"},
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow-tune') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_cluster, tmp_path_factory, mlflow_uri):
+    from ember.tuning.sweep import load_sweep_config, run_sweep
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    path = sweep_yaml(tmp, mlflow_uri, "tiny-sweep", [GOOD, TOO_HIGH, CRASHES], samples=5)
+    config = load_sweep_config(str(path))
+    return config, run_sweep(config)
+
+
+def by_params(rows, params: dict):
+    return next(r for r in rows if all(r.params.get(k) == v for k, v in params.items()))
+
+
+def test_sweep_runs_every_trial_and_asha_stops_the_bad_one(sweep):
+    _, result = sweep
+    assert len(result.rows) == 5
+    assert by_params(result.rows, GOOD).status == "finished"
+    stopped = by_params(result.rows, TOO_HIGH)
+    assert (stopped.status, stopped.evaluations) == ("stopped early", 1)
+    assert by_params(result.rows, CRASHES).status == "failed"
+    assert result.best is not None and result.best.status == "finished"
+
+
+def test_optuna_proposed_the_other_trials_within_the_space(sweep):
+    _, result = sweep
+    fixed = [GOOD, TOO_HIGH, CRASHES]
+    proposed = [r for r in result.rows if r.params not in fixed]
+    assert len(proposed) == 2
+    for row in proposed:
+        assert 1e-4 <= row.params["train.lr"] <= 1e-2
+        assert row.params["method.lora.r"] in (4, 8)
+        assert 0 <= row.params["method.lora.dropout"] <= 0.1
+        assert row.status == "finished" or row.status == "stopped early"
+
+
+def test_mlflow_has_the_parent_run_child_runs_and_the_best_tagged(sweep, mlflow_uri):
+    from mlflow import MlflowClient
+
+    config, result = sweep
+    client = MlflowClient(mlflow_uri)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["ember.best_trial"] == result.best.trial_id
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    trained = [r for r in result.rows if r.status != "failed"]
+    assert {c.data.tags["ember.trial"] for c in children} == {r.trial_id for r in trained}
+    best = [c for c in children if c.data.tags.get("ember.best_trial") == "true"]
+    assert [c.data.tags["ember.trial"] for c in best] == [result.best.trial_id]
+    stopped = next(c for c in children
+                   if c.data.tags["ember.trial"] == by_params(result.rows, TOO_HIGH).trial_id)
+    assert stopped.info.status == "KILLED"
+    assert stopped.data.tags["ember.trial_status"] == "stopped early"
+    assert "val_loss" in stopped.data.metrics
+
+
+def test_best_config_is_a_ready_to_run_sft_job(sweep, tmp_path):
+    from ember.training.job import load_job_config, run_sft
+
+    config, result = sweep
+    path = Path(result.best_config_path)
+    assert path.read_text().startswith(f"# Best trial {result.best.trial_id}")
+    job = load_job_config(str(path), {"output": {"storage_path": str(tmp_path)},
+                                      "eval": {"sample_prompts": 0}})
+    assert job.train.lr == pytest.approx(result.best.params["train.lr"])
+    assert job.method.lora.r == result.best.params["method.lora.r"]
+    outcome = run_sft(job)
+    assert (Path(outcome.model_dir) / "model.safetensors").is_file()
+
+
+def test_killed_sweep_is_restored_without_rerunning_finished_trials(ray_cluster, tmp_path,
+                                                                     mlflow_uri):
+    from mlflow import MlflowClient
+
+    path = sweep_yaml(tmp_path, mlflow_uri, "tiny-restore", [GOOD], samples=3)
+    command = [sys.executable, "-m", "tune.sweep", "--config", str(path)]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    finished = wait_for_finished_trial(tmp_path / "tune" / "tiny-restore", first)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.communicate()
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "restoring sweep tiny-restore" in second.stdout + second.stderr
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name("ember-sweeps-test")
+    runs = client.search_runs([experiment.experiment_id], "tags.`ember.sweep` = 'tiny-restore'")
+    trial_runs = [r.data.tags["ember.trial"] for r in runs if "ember.trial" in r.data.tags]
+    for trial_id in finished:
+        assert trial_runs.count(trial_id) == 1, f"finished trial {trial_id} ran again"
+    assert len(set(trial_runs)) == 3
+
+
+def wait_for_finished_trial(folder: Path, process, timeout_s: float = 600) -> list[str]:
+    """Trial ids Tune's saved experiment state marks TERMINATED (finished)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        done = terminated_trials(folder)
+        if done:
+            return done
+        time.sleep(1)
+    raise AssertionError("no trial finished in time")
+
+
+def terminated_trials(folder: Path) -> list[str]:
+    done = []
+    for state in folder.glob("experiment_state-*.json"):
+        try:
+            data = json.loads(state.read_text())
+        except (json.JSONDecodeError, OSError):
+            continue
+        for trial_json, _ in data.get("trial_data", []):
+            trial = json.loads(trial_json)
+            if trial.get("status") == "TERMINATED":
+                done.append(trial["trial_id"])
+    return done
