@@ -220,12 +220,22 @@ def killed_run(ray_cluster, tmp_path_factory, mlflow_uri):
     return process.returncode, output, killed_pid, store / "tiny-killed"
 
 
+def registered(checkpoint: Path) -> bool:
+    """Whether Ray Train's controller has recorded `checkpoint` (not only its files landed):
+    only a recorded checkpoint is handed to a restarted worker group."""
+    snapshot = checkpoint.parent / "checkpoint_manager_snapshot.json"
+    try:
+        return checkpoint.name in snapshot.read_text()
+    except FileNotFoundError:
+        return False
+
+
 def kill_a_worker_after(checkpoint: Path, process, timeout_s: float = 300) -> int:
     """SIGKILL one Ray Train worker of the job `process` drives, once `checkpoint` exists."""
     from ray.util.state import list_actors, list_jobs
 
     deadline = time.monotonic() + timeout_s
-    while not (checkpoint / "trainer_state.json").exists():
+    while not registered(checkpoint):
         assert process.poll() is None, "the job ended before its first checkpoint"
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.2)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,8 @@ class SweepResult:
 
 def load_sweep_config(path: str, overrides: dict | None = None) -> SweepConfig:
     config = validate(SweepConfig, deep_merge(load_yaml(path), overrides or {}), source=path)
+    if config.storage_path:  # trials run in Tune's folders: pin it to this directory
+        config.storage_path = str(Path(config.storage_path).expanduser().resolve())
     trial_job(config, {})  # the base job with the overrides must itself be valid
     return config
 
@@ -73,16 +76,24 @@ def storage_dir(config: SweepConfig) -> Path:
 # --- the job each trial runs -------------------------------------------------------------------
 
 
-def job_dict(config: SweepConfig, params: dict[str, Any]) -> dict:
-    """The base SFT job + the sweep's overrides + one trial's parameters."""
-    data = deep_merge(load_yaml(config.base_job), config.overrides)
-    return deep_merge(data, unflatten(params))
+def job_dict(config: SweepConfig, params: dict[str, Any], root: str | None = None) -> dict:
+    """The base SFT job + the sweep's overrides + one trial's parameters.
+
+    Relative paths (the base job, its dataset) are relative to `root`, the sweep
+    driver's working directory: trials run in Tune's own folders.
+    """
+    base = Path(root or ".") / config.base_job
+    data = deep_merge(deep_merge(load_yaml(base), config.overrides), unflatten(params))
+    path = (data.get("data") or {}).get("path")
+    if root and path and not Path(path).is_absolute():
+        data["data"]["path"] = str(Path(root) / path)
+    return data
 
 
-def trial_job(config: SweepConfig, params: dict[str, Any], name: str | None = None
-              ) -> SFTJobConfig:
+def trial_job(config: SweepConfig, params: dict[str, Any], name: str | None = None,
+              root: str | None = None) -> SFTJobConfig:
     """What a trial trains: no weights kept, no registration, evaluations reported."""
-    data = job_dict(config, params)
+    data = job_dict(config, params, root)
     train = data.setdefault("train", {})
     if not train.get("eval_every"):
         raise ConfigError(f"{config.base_job}: a sweep needs train.eval_every > 0 (ASHA "
@@ -112,7 +123,8 @@ def unflatten(params: dict[str, Any]) -> dict:
     return nested
 
 
-def run_trial(params: dict[str, Any], sweep: dict, parent_run_id: str | None) -> None:
+def run_trial(params: dict[str, Any], sweep: dict, parent_run_id: str | None,
+              root: str) -> None:
     """A Tune trial: one SFT job through Ray Train, its evaluations reported to Tune."""
     from ray import tune
 
@@ -120,7 +132,7 @@ def run_trial(params: dict[str, Any], sweep: dict, parent_run_id: str | None) ->
 
     config = SweepConfig.model_validate(sweep)
     trial_id = tune.get_context().get_trial_id()
-    job = trial_job(config, params, name=f"{config.name}-{trial_id}")
+    job = trial_job(config, params, name=f"{config.name}-{trial_id}", root=root)
     job = job.model_copy(update={"output": job.output.model_copy(
         update={"storage_path": str(storage_dir(config) / config.name / "train")})})
     tags = {"ember.sweep": config.name, "ember.trial": trial_id}
@@ -203,7 +215,7 @@ def _trainable(config: SweepConfig, parent_run_id: str | None):
     # The trial's own function only waits on its TorchTrainer, whose workers hold
     # the resources; a small CPU share keeps Tune from counting it as a whole core.
     with_params = tune.with_parameters(run_trial, sweep=config.model_dump(mode="json"),
-                                       parent_run_id=parent_run_id)
+                                       parent_run_id=parent_run_id, root=os.getcwd())
     return tune.with_resources(with_params, {"CPU": 0.1})
 
 
@@ -296,7 +308,9 @@ def _record_sweep(config: SweepConfig, parent, rows: list[TrialRow], best, best_
             continue
         row.run_id = child.info.run_id
         client.set_tag(row.run_id, "ember.trial_status", row.status)
-        if child.info.status == "RUNNING":  # stopped by ASHA: its driver was ended
+        if row.status == "stopped early":
+            # ASHA ended its driver mid-fit, which the job records as FAILED (or
+            # leaves RUNNING); the scheduler stopped it, nothing failed.
             client.set_terminated(row.run_id, "KILLED")
     if best is not None and best.run_id:
         client.set_tag(best.run_id, "ember.best_trial", "true")
