@@ -168,12 +168,15 @@ def tune_space(space: dict[str, Param]) -> dict:
 
 
 def concurrency(config: SweepConfig, job: SFTJobConfig) -> int:
-    """Trials at once: what the cluster's CPUs (or GPUs) fit, unless the config says."""
+    """Trials at once: what the cluster's free CPUs (or GPUs) fit, unless the config says.
+
+    Free, not total: on a cluster that also serves, the Serve replicas keep theirs.
+    """
     if config.search.max_concurrent_trials:
         return config.search.max_concurrent_trials
     import ray
 
-    total = ray.cluster_resources()
+    total = ray.available_resources()
     key = "GPU" if job.scaling.use_gpu else "CPU"
     per_worker = job.scaling.resources_per_worker.get(key, 1)
     return max(1, int(total.get(key, 1) // (per_worker * job.scaling.num_workers)))
