@@ -53,7 +53,23 @@ def build_optimizer(params, config: SFTJobConfig):
                              weight_decay=config.train.weight_decay)
 
 
-class TorchEngine:
+class Engine:
+    """What the loop needs of every method; subclasses set model, scheduler, inner."""
+
+    model = scheduler = inner = None
+
+    def loss(self, batch):
+        return self.model(**batch).loss
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def train(self, mode: bool = True) -> None:
+        self.model.train(mode)
+
+
+class TorchEngine(Engine):
     """full (FSDP2), lora (DDP when >1 worker) and qlora, with a torch AdamW."""
 
     def __init__(self, config: SFTJobConfig, device, total_steps: int, rank: int, world: int):
@@ -84,9 +100,6 @@ class TorchEngine:
         self.optimizer = build_optimizer(self.params, config)
         self.scheduler = build_scheduler(self.optimizer, config, total_steps)
 
-    def loss(self, batch):
-        return self.model(**batch).loss
-
     def backward(self, loss) -> None:
         (loss / self.config.train.grad_accum).backward()
 
@@ -103,13 +116,6 @@ class TorchEngine:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
-
-    @property
-    def lr(self) -> float:
-        return self.scheduler.get_last_lr()[0]
-
-    def train(self, mode: bool = True) -> None:
-        self.model.train(mode)
 
     def save_state(self, folder: Path) -> None:
         import torch
@@ -165,7 +171,7 @@ class TorchEngine:
             tokenizer.save_pretrained(folder / "adapter")
 
 
-class DeepSpeedEngine:
+class DeepSpeedEngine(Engine):
     """DeepSpeed ZeRO-2/3 over Ray Train's process group; DeepSpeed owns accumulation."""
 
     def __init__(self, config: SFTJobConfig, device, total_steps: int, rank: int):
@@ -182,9 +188,6 @@ class DeepSpeedEngine:
             model=model, optimizer=optimizer, lr_scheduler=scheduler,
             config=deepspeed_config(config))
 
-    def loss(self, batch):
-        return self.model(**batch).loss
-
     def backward(self, loss) -> None:
         self.model.backward(loss)  # DeepSpeed scales by its accumulation steps
 
@@ -197,13 +200,6 @@ class DeepSpeedEngine:
 
     def micro_step(self) -> None:
         self.model.step()
-
-    @property
-    def lr(self) -> float:
-        return self.scheduler.get_last_lr()[0]
-
-    def train(self, mode: bool = True) -> None:
-        self.model.train(mode)
 
     def save_state(self, folder: Path) -> None:
         self.model.save_checkpoint(str(folder / "deepspeed"), tag="state")
