@@ -12,6 +12,7 @@ from ember.tuning.sweep import (
     job_dict,
     load_sweep_config,
     trial_job,
+    trials_that_fit,
     unflatten,
 )
 
@@ -82,3 +83,13 @@ def test_unflatten_and_table():
     table = SweepResult(rows, rows[0], None, None).table("val_loss")
     assert "t1 * | finished | 0.001 | 4 | 1.5000" in table
     assert "t2 | stopped early | 2 | 1 | 9.0000" in table
+
+
+def test_concurrency_is_what_free_resources_fit_per_trial():
+    config = load_sweep_config(str(JOBS / "sweep-lora-cpu.yaml"))
+    job = trial_job(config, {})  # 1 worker x 1 CPU, plus the trial's 0.1-CPU driver
+    assert trials_that_fit({"CPU": 4.0}, job) == 3
+    assert trials_that_fit({"CPU": 0.5}, job) == 1
+    gpu = job.model_copy(update={"scaling": job.scaling.model_copy(update={
+        "use_gpu": True, "num_workers": 2, "resources_per_worker": {"GPU": 1}})})
+    assert trials_that_fit({"CPU": 64.0, "GPU": 8.0}, gpu) == 4

@@ -29,6 +29,9 @@ from ember.training.config import SFTJobConfig
 from ember.tuning.config import Param, SweepConfig
 
 STATE_FILE = "ember-sweep.json"  # the parent MLflow run id, for a restored sweep
+# A trial's own function only waits on its TorchTrainer, whose workers hold the
+# real resources; a small CPU share keeps Tune from counting it as a whole core.
+TRIAL_DRIVER_CPU = 0.1
 
 
 @dataclass
@@ -176,10 +179,15 @@ def concurrency(config: SweepConfig, job: SFTJobConfig) -> int:
         return config.search.max_concurrent_trials
     import ray
 
-    total = ray.available_resources()
+    return trials_that_fit(ray.available_resources(), job)
+
+
+def trials_that_fit(free: dict[str, float], job: SFTJobConfig) -> int:
     key = "GPU" if job.scaling.use_gpu else "CPU"
-    per_worker = job.scaling.resources_per_worker.get(key, 1)
-    return max(1, int(total.get(key, 1) // (per_worker * job.scaling.num_workers)))
+    per_trial = job.scaling.resources_per_worker.get(key, 1) * job.scaling.num_workers
+    if key == "CPU":
+        per_trial += TRIAL_DRIVER_CPU
+    return max(1, int(free.get(key, 1) // per_trial))
 
 
 def build_tuner(config: SweepConfig, parent_run_id: str | None):
@@ -215,11 +223,9 @@ def build_tuner(config: SweepConfig, parent_run_id: str | None):
 def _trainable(config: SweepConfig, parent_run_id: str | None):
     from ray import tune
 
-    # The trial's own function only waits on its TorchTrainer, whose workers hold
-    # the resources; a small CPU share keeps Tune from counting it as a whole core.
     with_params = tune.with_parameters(run_trial, sweep=config.model_dump(mode="json"),
                                        parent_run_id=parent_run_id, root=os.getcwd())
-    return tune.with_resources(with_params, {"CPU": 0.1})
+    return tune.with_resources(with_params, {"CPU": TRIAL_DRIVER_CPU})
 
 
 def run_sweep(config: SweepConfig) -> SweepResult:
