@@ -30,15 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     result = run_sweep(config)
-    print(result.table(config.search.metric))
-    if result.best_config_path:
-        print(f"best trial {result.best.trial_id}: {config.search.metric} "
-              f"{result.best.metric:.4f}; its job config: {result.best_config_path}\n"
-              f"run it: python -m train_jobs.sft --config {result.best_config_path}")
-    else:
-        print("no trial finished; no best config written", file=sys.stderr)
-        return 1
-    return 0
+    print(result.summary(config.search.metric))
+    return 0 if result.best_config_path else 1
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ remote cluster, which then needs Ember installed or the repo as working_dir.
 
 from __future__ import annotations
 
-import shlex
-
 
 def register(commands) -> None:
     ingest = commands.add_parser("ingest", help="ingest documents into a collection")
@@ -41,26 +39,16 @@ def run(args) -> int:
 
 
 def _submit(address: str, config) -> int:
-    import json
-    import subprocess
-    import sys
     import tempfile
     from pathlib import Path
 
     import yaml
 
-    from ember.cluster.local import client_env
+    from ember.cluster.local import submit_module_job
 
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=".", delete=False) as f:
         yaml.safe_dump(config.model_dump(exclude_none=True), f)
-    # PYTHONPATH=platform makes the job run the uploaded checkout's Ember when the
-    # working dir is a checkout; elsewhere the cluster's installed Ember is used.
-    runtime_env = json.dumps({"env_vars": {"PYTHONPATH": "platform"}})
-    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address,
-           "--working-dir", ".", "--runtime-env-json", runtime_env, "--", "python", "-m",
-           "ember.data.job", "--config", Path(f.name).name]
-    print("submitting:", shlex.join(cmd))
     try:
-        return subprocess.run(cmd, env=client_env()).returncode
+        return submit_module_job(address, ["ember.data.job", "--config", Path(f.name).name])
     finally:
         Path(f.name).unlink()

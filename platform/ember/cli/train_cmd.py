@@ -7,8 +7,6 @@ the result (an MLflow model URI or a folder) behind the running service.
 
 from __future__ import annotations
 
-import sys
-
 
 def register(commands) -> None:
     train = commands.add_parser("train", help="run a fine-tuning job (cluster/jobs/sft-*.yaml)")
@@ -43,18 +41,10 @@ def run_train(args) -> int:
 
 
 def _submit(args) -> int:
-    import json
-    import subprocess
-    from pathlib import Path
-
-    from ember.cluster.local import client_env
+    from ember.cluster.local import submit_module_job
 
     sets = [x for pair in args.set for x in ("--set", pair)]
-    runtime_env = json.dumps({"env_vars": {"PYTHONPATH": "platform"}})
-    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address",
-           args.address, "--working-dir", ".", "--runtime-env-json", runtime_env, "--",
-           "python", "-m", "train_jobs.sft", "--config", args.config, *sets]
-    return subprocess.run(cmd, env=client_env()).returncode
+    return submit_module_job(args.address, ["train_jobs.sft", "--config", args.config, *sets])
 
 
 def run_serve_model(args) -> int:

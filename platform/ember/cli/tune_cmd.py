@@ -18,11 +18,5 @@ def run(args) -> int:
 
     config = load_sweep_config(args.config, parse_set_overrides(args.set))
     result = run_sweep(config)
-    print(result.table(config.search.metric))
-    if not result.best_config_path:
-        print("no trial finished; no best config written")
-        return 1
-    print(f"best trial {result.best.trial_id}: {config.search.metric} {result.best.metric:.4f}"
-          f"\nits job config: {result.best_config_path}\n"
-          f"run it: ember train {result.best_config_path}")
-    return 0
+    print(result.summary(config.search.metric))
+    return 0 if result.best_config_path else 1

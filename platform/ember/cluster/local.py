@@ -94,6 +94,38 @@ def start_head(num_cpus: int, progress=print) -> None:
     _write_state({"started_by_ember": True, "num_cpus": num_cpus, "started_at": time.time()})
 
 
+def connect_ray(log_to_driver: bool = True) -> None:
+    """Join the running cluster (`ember up`, RAY_ADDRESS), or start a local one.
+
+    A local one gets at least 4 logical CPUs: an ingestion's read tasks,
+    embedding actor and writes, or a training job's workers and driver tasks,
+    must be schedulable at once on a 2-core machine.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address="auto", log_to_driver=log_to_driver)
+    except ConnectionError:
+        ray.init(log_to_driver=log_to_driver, num_cpus=max(4, os.cpu_count() or 1))
+
+
+def submit_module_job(address: str, module_args: list[str]) -> int:
+    """`ray job submit` of `python -m <module_args>` with this checkout as working dir.
+
+    PYTHONPATH=platform makes the job run the uploaded checkout's Ember when the
+    working dir is a checkout; elsewhere the cluster's installed Ember is used.
+    """
+    import shlex
+
+    runtime_env = json.dumps({"env_vars": {"PYTHONPATH": "platform"}})
+    cmd = [ray_bin("ray"), "job", "submit", "--address", address, "--working-dir", ".",
+           "--runtime-env-json", runtime_env, "--", "python", "-m", *module_args]
+    print("submitting:", shlex.join(cmd))
+    return subprocess.run(cmd, env=client_env()).returncode
+
+
 def stop_cluster() -> None:
     subprocess.run([ray_bin("ray"), "stop"], env=client_env(), check=False)
     _state_file().unlink(missing_ok=True)

@@ -16,7 +16,6 @@ Design choices:
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -54,13 +53,14 @@ READ_TASK_CPUS = 0.25
 
 
 def run_ingest(config: IngestConfig, progress=print) -> IngestReport:
+    from ember.cluster.local import connect_ray
     from ember.models.catalogue import resolve_model
     from ember.models.embedder import embedder_dim, load_embedder
     from ember.vectorstore.lite_server import shared_uri
     from ember.vectorstore.milvus import MilvusStore, default_uri
 
     start = time.monotonic()
-    _ensure_ray()
+    connect_ray(log_to_driver=False)
     report = IngestReport(config.collection)
     files, report.skipped = expand_paths(config.paths)
     report.files_found = len(files)
@@ -83,22 +83,6 @@ def run_ingest(config: IngestConfig, progress=print) -> IngestReport:
         store.close()
     report.seconds = time.monotonic() - start
     return report
-
-
-def _ensure_ray() -> None:
-    """Join the running cluster (`ember up`, RAY_ADDRESS), or start a local one.
-
-    A local one gets at least 4 logical CPUs: the read tasks, the embedding
-    actor and the write tasks must be schedulable at once on a 2-core machine.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    try:
-        ray.init(address="auto", log_to_driver=False)
-    except ConnectionError:
-        ray.init(log_to_driver=False, num_cpus=max(4, os.cpu_count() or 1))
 
 
 def _plan(files, ingested: dict[str, str], report: IngestReport) -> dict[str, str]:

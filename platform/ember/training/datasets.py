@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ember.errors import EmberError
 from ember.training.config import SFTJobConfig
+from ember.training.data import DatasetError
 
 
-class DatasetRejected(EmberError):
+class DatasetRejected(DatasetError):
     """The dataset cannot be trained on as configured."""
 
 

@@ -12,7 +12,6 @@ Order matters for what a failure leaves behind:
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +68,8 @@ def run_sft(config: SFTJobConfig, callbacks: list | None = None,
         prepared = prepare_data(config, load_tokenizer(config))
         print(f"[ember.train] dataset {config.data.path}: {len(prepared.train)} train, "
               f"{len(prepared.val)} validation examples\n{prepared.report_text}", flush=True)
+    from ember.cluster.local import connect_ray
+
     connect_ray()
     tracker = _start_tracking(config, prepared, run_tags or {})
     try:
@@ -81,18 +82,6 @@ def run_sft(config: SFTJobConfig, callbacks: list | None = None,
     if tracker is not None:
         tracker.finish()
     return outcome
-
-
-def connect_ray() -> None:
-    """Join the running cluster, else start a local one for this job."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    try:
-        ray.init(address="auto")
-    except ConnectionError:
-        ray.init(num_cpus=max(4, os.cpu_count() or 1))
 
 
 def _start_tracking(config: SFTJobConfig, prepared, extra_tags: dict[str, str]):

@@ -87,7 +87,7 @@ def build_qlora_base(config: SFTJobConfig, device):
             path = tmp
         model = AutoModelForCausalLM.from_pretrained(
             path, quantization_config=bnb, dtype=compute,
-            device_map={"": device if str(device) != "cpu" else "cpu"},
+            device_map={"": str(device)},
             trust_remote_code=config.model.trust_remote_code)
     return model
 

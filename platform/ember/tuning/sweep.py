@@ -51,6 +51,14 @@ class SweepResult:
     best_config_path: str | None
     parent_run_id: str | None
 
+    def summary(self, metric: str) -> str:
+        """The trial table, then the best trial and how to run its config."""
+        if not self.best_config_path:
+            return self.table(metric) + "\nno trial finished; no best config written"
+        return (f"{self.table(metric)}\nbest trial {self.best.trial_id}: {metric} "
+                f"{self.best.metric:.4f}; its job config: {self.best_config_path}\n"
+                f"run it: python -m train_jobs.sft --config {self.best_config_path}")
+
     def table(self, metric: str) -> str:
         names = sorted({k for r in self.rows for k in r.params})
         header = ["trial", "status", *names, "evals", metric]
@@ -229,7 +237,7 @@ def _trainable(config: SweepConfig, parent_run_id: str | None):
 
 
 def run_sweep(config: SweepConfig) -> SweepResult:
-    from ember.training.job import connect_ray
+    from ember.cluster.local import connect_ray
 
     connect_ray()
     folder = storage_dir(config) / config.name
