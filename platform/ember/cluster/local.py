@@ -6,7 +6,9 @@ Design choices:
   the README's plain-Ray commands do, and the dashboard / `serve status` /
   `ray job submit` see an ordinary cluster.
 - Ray 2.60 turns token auth on for a new head; Ember's commands run with
-  RAY_AUTH_MODE=token so its own clients send the token (STACK.md).
+  RAY_AUTH_MODE=token so its own clients send the token (STACK.md). Only
+  `ray.init()` creates a missing token, not `ray start --head`, so `ember up`
+  creates it first the documented way (`ray get-auth-token --generate`).
 - Every refusal (port taken, cluster already there, deploy failed) says what
   happened and what to do.
 """
@@ -78,6 +80,7 @@ def start_head(num_cpus: int, progress=print) -> None:
     check_ports_free(
         {"Ray GCS": ("0.0.0.0", GCS_PORT), "Ray dashboard": ("127.0.0.1", DASHBOARD_PORT)}
     )
+    ensure_auth_token(progress)
     progress(f"starting a local Ray head with {num_cpus} logical CPUs ...")
     cmd = [
         ray_bin("ray"),
@@ -92,6 +95,35 @@ def start_head(num_cpus: int, progress=print) -> None:
     if result.returncode != 0:
         raise ClusterError(f"`ray start --head` failed:\n{result.stdout}{result.stderr}")
     _write_state({"started_by_ember": True, "num_cpus": num_cpus, "started_at": time.time()})
+
+
+def auth_token_source() -> str | None:
+    """Where Ray would read its auth token from, in Ray's own order; None if nowhere."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "the RAY_AUTH_TOKEN variable"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return os.environ["RAY_AUTH_TOKEN_PATH"]
+    default = Path.home() / ".ray" / "auth_token"
+    return str(default) if default.is_file() and default.stat().st_size else None
+
+
+def ensure_auth_token(progress=print) -> None:
+    """Create Ray's auth token if there is none, as `ray get-auth-token --generate` does.
+
+    A fresh HOME has none, and `ray start --head` with RAY_AUTH_MODE=token then
+    fails. The CLI prints the token on stdout: it is captured, never shown.
+    """
+    if auth_token_source():
+        return
+    cmd = [ray_bin("ray"), "get-auth-token", "--generate"]
+    result = subprocess.run(cmd, env=client_env(), capture_output=True, text=True)
+    if result.returncode != 0 or not auth_token_source():
+        raise ClusterError(
+            f"could not create Ray's auth token with `ray get-auth-token --generate`:\n"
+            f"{result.stderr.strip()}\nCheck that {Path.home() / '.ray'} is writable, or "
+            f"set RAY_AUTH_TOKEN_PATH to a file holding a token.")
+    progress(f"created Ray's auth token at {auth_token_source()} "
+             f"(`ray get-auth-token --generate`); Ember's commands send it")
 
 
 def connect_ray(log_to_driver: bool = True) -> None:

@@ -25,3 +25,8 @@ def data_dir() -> Path:
 def run_dir() -> Path:
     """State of the local cluster started by `ember up` (ports, logs)."""
     return ember_home() / "run"
+
+
+def runs_dir() -> Path:
+    """One folder per run of a job (ingestion, ...): its logs."""
+    return ember_home() / "runs"

@@ -17,8 +17,10 @@ CHUNK_FIELDS = ("source", "title", "position", "text", "content_hash", "file_has
 
 
 class MilvusDatasink(Datasink):
-    def __init__(self, uri: str, token: str | None, collection: str, batch_size: int) -> None:
+    def __init__(self, uri: str, token: str | None, collection: str, batch_size: int,
+                 progress=None) -> None:
         self.uri, self.token = uri, token
+        self.progress = progress  # an IngestProgress actor, told of each upsert
         self.collection = collection
         self.batch_size = batch_size
         self.result: dict = {"written": {}, "skipped": {}}
@@ -42,12 +44,17 @@ class MilvusDatasink(Datasink):
                     pending.append(_milvus_row(row))
                     written[row["file"]] += 1
                     if len(pending) >= self.batch_size:
-                        store.upsert_chunks(self.collection, pending)
+                        self._upsert(store, pending)
                         pending = []
-            store.upsert_chunks(self.collection, pending)
+            self._upsert(store, pending)
         finally:
             store.close()
         return {"written": dict(written), "skipped": skipped}
+
+    def _upsert(self, store, rows: list[dict]) -> None:
+        store.upsert_chunks(self.collection, rows)
+        if self.progress is not None and rows:
+            self.progress.written.remote(len(rows))
 
     def on_write_complete(self, write_result) -> None:
         written: Counter = Counter()

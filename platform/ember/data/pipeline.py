@@ -12,12 +12,17 @@ Design choices:
   rewrite upserts rather than duplicates).
 - The collection is flushed and loaded at the end (STACK.md: searches on
   unflushed data are ~50x slower here).
+- The terminal shows Ember's lines and one live progress line
+  (`ember.data.progress`); Ray's own logs go to `ray.log` in the run's folder
+  under `$EMBER_HOME/runs/`.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ember.data.config import IngestConfig
 from ember.data.files import expand_paths
@@ -50,9 +55,29 @@ class IngestReport:
 # Reading and chunking is light, mostly I/O and tokenizing: a quarter CPU each keeps
 # the read tasks from taking every logical CPU while the embedding actor waits.
 READ_TASK_CPUS = 0.25
+# ... and no more read tasks at once than this machine has cores: each is a Python
+# worker that imports the tokenizer, and starting more than the cores can run only
+# queues start-ups (Ray warns "N PYTHON worker processes have been started").
+READ_CONCURRENCY = max(2, os.cpu_count() or 1)
 
 
 def run_ingest(config: IngestConfig, progress=print) -> IngestReport:
+    from ember.data.progress import ray_logs_to
+
+    log = run_folder(config.collection) / "ray.log"
+    progress(f"Ray's logs for this run: {log}")
+    with ray_logs_to(log):
+        return _ingest(config, progress)
+
+
+def run_folder(collection: str) -> Path:
+    from ember.config.paths import runs_dir
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return runs_dir() / f"ingest-{collection}-{stamp}-{os.getpid()}"
+
+
+def _ingest(config: IngestConfig, progress) -> IngestReport:
     from ember.cluster.local import connect_ray
     from ember.models.catalogue import resolve_model
     from ember.models.embedder import embedder_dim, load_embedder
@@ -102,15 +127,21 @@ def _run_pipeline(todo: dict[str, str], config: IngestConfig, embedder_path: str
     import ray
 
     from ember.data.milvus_sink import MilvusDatasink
+    from ember.data.progress import IngestProgress, Totals, quiet_ray_data, run_with_progress
     from ember.data.stages import EmbedBatch, read_and_chunk
 
+    quiet_ray_data()
+    tracker = IngestProgress.remote()
     items = [{"path": path, "file_hash": digest} for path, digest in todo.items()]
     progress(f"reading, chunking and embedding {len(items)} files on Ray Data ...")
-    dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 32))
+    blocks = min(len(items), 32)
+    dataset = ray.data.from_items(items, override_num_blocks=blocks)
     dataset = dataset.flat_map(read_and_chunk, fn_kwargs={
         "tokenizer_path": embedder_path, "chunk_tokens": config.chunk_tokens,
         "overlap_tokens": config.overlap_tokens, "jsonl_field": config.jsonl_field,
-        "max_file_mb": config.max_file_mb}, num_cpus=READ_TASK_CPUS)
+        "max_file_mb": config.max_file_mb, "progress": tracker},
+        num_cpus=READ_TASK_CPUS,
+        compute=ray.data.TaskPoolStrategy(size=min(blocks, READ_CONCURRENCY)))
     dataset = dataset.map_batches(
         EmbedBatch, fn_constructor_kwargs={
             "embedder": config.embedder, "batch_size": config.embed_batch_size,
@@ -118,9 +149,21 @@ def _run_pipeline(todo: dict[str, str], config: IngestConfig, embedder_path: str
         batch_size=config.embed_batch_size,
         compute=ray.data.ActorPoolStrategy(size=config.embed_concurrency),
         num_cpus=config.embed_num_cpus, num_gpus=config.embed_num_gpus, batch_format="numpy")
-    sink = MilvusDatasink(uri, config.milvus_token, config.collection, config.write_batch_size)
-    dataset.write_datasink(sink)
+    sink = MilvusDatasink(uri, config.milvus_token, config.collection, config.write_batch_size,
+                          progress=tracker)
+    totals = Totals(files=len(items), bytes=sum(_size(path) for path in todo))
+    try:
+        run_with_progress(lambda: dataset.write_datasink(sink), tracker, totals)
+    finally:
+        ray.kill(tracker)
     return sink.result
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _commit(store, collection: str, todo: dict[str, str], result: dict,

@@ -7,6 +7,8 @@ that would fail the whole dataset.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ember.data.chunking import chunk_text
@@ -21,8 +23,25 @@ def skip_row(path: str, reason: str) -> dict:
 
 
 def read_and_chunk(row: dict, tokenizer_path: str, chunk_tokens: int, overlap_tokens: int,
-                   jsonl_field: str, max_file_mb: float) -> list[dict]:
-    """One file -> its chunk rows (or one skip row)."""
+                   jsonl_field: str, max_file_mb: float, progress=None) -> list[dict]:
+    """One file -> its chunk rows (or one skip row); tells `progress` (an actor) if given."""
+    rows = _chunk_rows(row, tokenizer_path, chunk_tokens, overlap_tokens, jsonl_field,
+                       max_file_mb)
+    if progress is not None:
+        real = sum(1 for r in rows if not r["skip_reason"])
+        progress.file_read.remote(_size(row["path"]), real)
+    return rows
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _chunk_rows(row: dict, tokenizer_path: str, chunk_tokens: int, overlap_tokens: int,
+                jsonl_field: str, max_file_mb: float) -> list[dict]:
     path = row["path"]
     if len(path.encode()) > SOURCE_MAX - 16:
         return [skip_row(path, f"path longer than {SOURCE_MAX - 16} bytes")]

@@ -15,7 +15,9 @@ from ember.models.catalogue import resolve_model
 @lru_cache(maxsize=2)
 def load_embedder(ref: str, device: str = "cpu"):
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # a "Loading weights" bar per load otherwise
     return SentenceTransformer(resolve_model(ref), device=device)
 
 

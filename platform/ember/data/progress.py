@@ -1,0 +1,165 @@
+"""What an ingestion shows while it runs: one live line from Ember, Ray's logs in a file.
+
+Design choices:
+- The pipeline's stages report to a small Ray actor (`IngestProgress`, no CPU):
+  read tasks say "file read, N chunks", the Milvus sink says "N chunks
+  written". The driver polls it and draws one line: files, chunks, chunks/s,
+  ETA. Fire-and-forget calls, a few per file and per upsert batch: nothing the
+  pipeline waits on.
+- The ETA extrapolates the chunks still to come from the bytes not yet read
+  (chunks per byte of the files read so far), at the write rate since the
+  first chunk landed (start-up is not throughput).
+- On a terminal the line is redrawn in place; in a log (CI, `ray job submit`)
+  a line is printed every `LOG_EVERY_S` seconds instead.
+- Ray's and Ray Data's own log lines (cluster start, execution plans, worker
+  warnings) and progress bars go to a file in the run's folder, named once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+LOG_EVERY_S = 10.0
+POLL_S = 0.5
+LIBRARY_LOGGERS = ("ray", "ray.data", "ray.serve", "pymilvus")
+
+
+@ray.remote(num_cpus=0)
+class IngestProgress:
+    def __init__(self) -> None:
+        self.files_read = self.bytes_read = self.chunks_read = self.chunks_written = 0
+        self.first_write: float | None = None
+
+    def file_read(self, nbytes: int, chunks: int) -> None:
+        self.files_read += 1
+        self.bytes_read += nbytes
+        self.chunks_read += chunks
+
+    def written(self, chunks: int) -> None:
+        self.chunks_written += chunks
+        if self.first_write is None:
+            self.first_write = time.time()
+
+    def snapshot(self) -> dict:
+        return dict(vars(self))
+
+
+@dataclass
+class Totals:
+    files: int
+    bytes: int
+
+
+def describe(state: dict, totals: Totals, now: float | None = None) -> str:
+    """`3/6 files, 40/52 chunks, 12.1 chunks/s, ETA 1s` from a snapshot."""
+    now = now or time.time()
+    written = state["chunks_written"]
+    expected = _expected_chunks(state, totals)
+    line = f"{state['files_read']}/{totals.files} files read, {written}/{expected} chunks written"
+    if not state["first_write"]:
+        return line + " (starting workers, loading the embedder)"
+    elapsed = max(now - state["first_write"], 1e-3)
+    rate = written / elapsed
+    if rate <= 0:
+        return line
+    eta = max(expected - written, 0) / rate
+    return line + f", {rate:.1f} chunks/s, ETA {_duration(eta)}"
+
+
+def _expected_chunks(state: dict, totals: Totals) -> str | int:
+    if not state["bytes_read"]:
+        return "?"
+    per_byte = state["chunks_read"] / state["bytes_read"]
+    return state["chunks_read"] + round(max(totals.bytes - state["bytes_read"], 0) * per_byte)
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def run_with_progress(work: Callable[[], object], actor, totals: Totals, out=None):
+    """Run `work()` in a thread while drawing the progress line; return its result."""
+    out = out or sys.stdout
+    live = out.isatty()
+    result: dict = {}
+
+    def target():
+        try:
+            result["value"] = work()
+        except BaseException as exc:  # re-raised on the caller's thread below
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, name="ember-ingest", daemon=True)
+    thread.start()
+    last_print = time.monotonic()
+    while thread.is_alive():
+        thread.join(POLL_S)
+        line = describe(ray.get(actor.snapshot.remote()), totals)
+        if live:
+            out.write(f"\r\033[K  {line}")
+            out.flush()
+        elif time.monotonic() - last_print >= LOG_EVERY_S:
+            print(f"  {line}", file=out, flush=True)
+            last_print = time.monotonic()
+    final = describe(ray.get(actor.snapshot.remote()), totals)
+    out.write(f"\r\033[K  {final}\n" if live else f"  {final}\n")
+    out.flush()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+@contextmanager
+def ray_logs_to(path: Path):
+    """Send Ray's, Ray Data's and pymilvus' logs to `path` for the block's duration.
+
+    Python loggers get a file handler in place of theirs. Ray's C++ core also
+    writes warnings straight to the process's stderr (file descriptor 2), so
+    that descriptor points at the file too until the block ends; an exception
+    raised inside is re-raised after, onto the real stderr.
+    """
+    import ray.data  # noqa: F401  (it configures its loggers on import: do that first)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = {}
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        saved[name] = (logger.handlers[:], logger.propagate)
+        logger.handlers = [handler]
+        logger.propagate = False
+    sys.stderr.flush()
+    real_stderr = os.dup(2)
+    os.dup2(handler.stream.fileno(), 2)
+    try:
+        yield path
+    finally:
+        sys.stderr.flush()
+        os.dup2(real_stderr, 2)
+        os.close(real_stderr)
+        for name, (handlers, propagate) in saved.items():
+            logger = logging.getLogger(name)
+            logger.handlers, logger.propagate = handlers, propagate
+        handler.close()
+
+
+def quiet_ray_data() -> None:
+    """No Ray Data progress bars on the terminal: Ember draws its own line."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.enable_operator_progress_bars = False
+    context.print_on_execution_start = False
