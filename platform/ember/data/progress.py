@@ -62,11 +62,11 @@ class Totals:
 
 def describe(state: dict, totals: Totals, now: float | None = None) -> str:
     """`3/6 files, 40/52 chunks, 12.1 chunks/s, ETA 1s` from a snapshot."""
-    now = now or time.time()
+    now = time.time() if now is None else now
     written = state["chunks_written"]
     expected = _expected_chunks(state, totals)
     line = f"{state['files_read']}/{totals.files} files read, {written}/{expected} chunks written"
-    if not state["first_write"]:
+    if state["first_write"] is None:
         return line + " (starting workers, loading the embedder)"
     elapsed = max(now - state["first_write"], 1e-3)
     rate = written / elapsed
@@ -127,7 +127,10 @@ def ray_logs_to(path: Path):
     Python loggers get a file handler in place of theirs. Ray's C++ core also
     writes warnings straight to the process's stderr (file descriptor 2), so
     that descriptor points at the file too until the block ends; an exception
-    raised inside is re-raised after, onto the real stderr.
+    raised inside is re-raised after, onto the real stderr. And the driver's
+    error listener thread prints raylet warnings ("N PYTHON worker processes
+    have been started ...") to sys.stdout: writes from Ray's threads go to the
+    file, everyone else's to the terminal.
     """
     import ray.data  # noqa: F401  (it configures its loggers on import: do that first)
 
@@ -143,9 +146,11 @@ def ray_logs_to(path: Path):
     sys.stderr.flush()
     real_stderr = os.dup(2)
     os.dup2(handler.stream.fileno(), 2)
+    real_stdout, sys.stdout = sys.stdout, _RayThreadsTo(handler.stream, sys.stdout)
     try:
         yield path
     finally:
+        sys.stdout = real_stdout
         sys.stderr.flush()
         os.dup2(real_stderr, 2)
         os.close(real_stderr)
@@ -163,3 +168,23 @@ def quiet_ray_data() -> None:
     context.enable_progress_bars = False
     context.enable_operator_progress_bars = False
     context.print_on_execution_start = False
+
+
+class _RayThreadsTo:
+    """sys.stdout stand-in: Ray's driver threads (named `ray_*`) write to `file`."""
+
+    def __init__(self, file, terminal) -> None:
+        self._file, self._terminal = file, terminal
+
+    def _target(self):
+        ray_thread = threading.current_thread().name.startswith("ray_")
+        return self._file if ray_thread else self._terminal
+
+    def write(self, text: str) -> int:
+        return self._target().write(text)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self._terminal, name)

@@ -1,0 +1,99 @@
+"""The ingestion progress line: counts, rate and ETA from the tracker's snapshot."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+
+from ember.data.progress import Totals, describe, ray_logs_to, run_with_progress
+
+
+def snapshot(files=0, nbytes=0, chunks_read=0, written=0, first_write=None) -> dict:
+    return {"files_read": files, "bytes_read": nbytes, "chunks_read": chunks_read,
+            "chunks_written": written, "first_write": first_write}
+
+
+def test_before_any_file_is_read_the_total_is_unknown():
+    line = describe(snapshot(), Totals(files=6, bytes=6000))
+    assert line == ("0/6 files read, 0/? chunks written "
+                    "(starting workers, loading the embedder)")
+
+
+def test_expected_chunks_extrapolate_from_the_bytes_read():
+    # 2 of 6 files read, 1000 of 4000 bytes, 10 chunks: 40 chunks expected in all.
+    state = snapshot(files=2, nbytes=1000, chunks_read=10, written=10, first_write=100.0)
+    line = describe(state, Totals(files=6, bytes=4000), now=105.0)
+    # 10 chunks in 5 s since the first write: 2 chunks/s, 30 to go: 15 s.
+    assert line == "2/6 files read, 10/40 chunks written, 2.0 chunks/s, ETA 15s"
+
+
+def test_long_etas_read_in_minutes():
+    state = snapshot(files=1, nbytes=100, chunks_read=10, written=1, first_write=0.0)
+    line = describe(state, Totals(files=100, bytes=10_000), now=10.0)
+    assert line.endswith("0.1 chunks/s, ETA 166m30s")
+
+
+class FakeTracker:
+    """Stands in for the actor handle: `snapshot.remote()` returns a plain dict."""
+
+    class _Method:
+        def __init__(self, state):
+            self.state = state
+
+        def remote(self):
+            return self.state
+
+    def __init__(self, state):
+        self.snapshot = self._Method(state)
+
+
+def test_run_with_progress_returns_the_result_and_prints_a_final_line(monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "get", lambda ref: ref)
+    out = io.StringIO()
+    state = snapshot(files=1, nbytes=10, chunks_read=3, written=3, first_write=1.0)
+    assert run_with_progress(lambda: 42, FakeTracker(state), Totals(1, 10), out=out) == 42
+    assert out.getvalue().startswith("  1/1 files read, 3/3 chunks written")
+
+
+def test_run_with_progress_reraises_the_work_error(monkeypatch):
+    import pytest
+    import ray
+
+    monkeypatch.setattr(ray, "get", lambda ref: ref)
+
+    def fail():
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        run_with_progress(fail, FakeTracker(snapshot()), Totals(1, 10), out=io.StringIO())
+
+
+def test_library_logs_and_raw_stderr_go_to_the_file_then_come_back(tmp_path, capfd):
+    path = tmp_path / "run" / "ray.log"
+    with ray_logs_to(path):
+        logging.getLogger("ray.data").warning("a ray data warning")
+        os.write(2, b"a line from C++\n")
+    os.write(2, b"after\n")
+    text = path.read_text()
+    assert "a ray data warning" in text and "a line from C++" in text
+    err = capfd.readouterr().err
+    assert "a ray data warning" not in err and "a line from C++" not in err
+    assert "after" in err
+
+
+def test_prints_from_rays_threads_go_to_the_file(tmp_path, capsys):
+    import threading
+
+    path = tmp_path / "ray.log"
+    with ray_logs_to(path):
+        thread = threading.Thread(target=print, args=("(raylet) WARNING: 8 workers",),
+                                  name="ray_listen_error_messages")
+        thread.start()
+        thread.join()
+        print("an Ember line")
+    assert "(raylet) WARNING" in path.read_text()
+    out = capsys.readouterr().out
+    assert "an Ember line" in out and "raylet" not in out
