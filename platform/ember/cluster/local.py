@@ -159,7 +159,11 @@ def submit_module_job(address: str, module_args: list[str]) -> int:
 
 
 def stop_cluster() -> None:
-    subprocess.run([ray_bin("ray"), "stop"], env=client_env(), check=False)
+    """`ray stop`; its page of per-process lines is shown only if it fails."""
+    result = subprocess.run([ray_bin("ray"), "stop"], env=client_env(), check=False,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ClusterError(f"`ray stop` failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
     _state_file().unlink(missing_ok=True)
 
 
