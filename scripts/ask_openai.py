@@ -8,6 +8,7 @@ the response carries its `sources`, which this prints.
 
 import argparse
 
+from ember.client.types import default_api_key
 from openai import OpenAI
 
 
@@ -17,7 +18,9 @@ def main() -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--model", help="default: the first model the service lists")
     args = parser.parse_args()
-    client = OpenAI(base_url=f"{args.url}/v1", api_key="unused")
+    # The service wants an API key: EMBER_API_KEY, or the local admin key that
+    # `ember up` wrote to $EMBER_HOME/access/admin-key (`ember keys create` makes others).
+    client = OpenAI(base_url=f"{args.url}/v1", api_key=default_api_key())
     model = args.model or client.models.list().data[0].id
     answer = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": args.question}],

@@ -62,12 +62,48 @@ def sample_ingest(ray_cluster, milvus_uri):
 
 
 @pytest.fixture(scope="session")
-def serve_config(milvus_uri) -> dict:
-    """cluster/serve/local.yaml with the session's port and Milvus file."""
+def access_url(tmp_path_factory) -> str:
+    """The session's own keys and usage database."""
+    return f"sqlite:///{tmp_path_factory.mktemp('access') / 'ember.db'}"
+
+
+@pytest.fixture(scope="session")
+def api_key(access_url) -> str:
+    """An admin key of the session's database, as `ember up` makes one.
+
+    Exported as EMBER_API_KEY, which Ember's SDK, CLI and benchmarks read, the
+    way a user's shell would; the tests' direct HTTP calls send it explicitly.
+    """
+    import os
+
+    from ember.access.keys import create_key
+
+    key, _ = create_key(access_url, "admin", admin=True)
+    previous = os.environ.get("EMBER_API_KEY")
+    os.environ["EMBER_API_KEY"] = key
+    yield key
+    if previous is None:
+        os.environ.pop("EMBER_API_KEY", None)
+    else:
+        os.environ["EMBER_API_KEY"] = previous
+
+
+@pytest.fixture(scope="session")
+def auth(api_key) -> dict:
+    return {"Authorization": f"Bearer {api_key}"}
+
+
+@pytest.fixture(scope="session")
+def serve_config(milvus_uri, access_url) -> dict:
+    """cluster/serve/local.yaml with the session's port, Milvus file and keys database."""
     config = yaml.safe_load((REPO / "cluster" / "serve" / "local.yaml").read_text())
     config["http_options"]["port"] = free_port()
     args = config["applications"][0]["args"]
     args["rag"]["milvus_uri"] = milvus_uri
+    assert args["access"]["auth"] is True  # the shipped config guards the service
+    args["access"]["database_url"] = access_url
+    # Two ingress replicas: per-key limits must hold across them (test_access).
+    args["ingress"].update(min_replicas=2, max_replicas=2)
     assert args["rag"]["default_collection"] == COLLECTION
     return config
 
@@ -78,7 +114,7 @@ def local_app_args(serve_config) -> dict:
 
 
 @pytest.fixture(scope="session")
-def base_url(ray_cluster, dashboard_url, serve_config, sample_ingest) -> str:
+def base_url(ray_cluster, dashboard_url, serve_config, sample_ingest, api_key) -> str:
     """URL of the deployed service (`serve_apps.rag:build_app`, applied like `serve deploy`)."""
     from ember.cluster.serve_status import wait_until_running
     from ray import serve
@@ -91,7 +127,7 @@ def base_url(ray_cluster, dashboard_url, serve_config, sample_ingest) -> str:
 
 
 @pytest.fixture(scope="session")
-def openai_client(base_url):
+def openai_client(base_url, api_key):
     from openai import OpenAI
 
-    return OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+    return OpenAI(base_url=f"{base_url}/v1", api_key=api_key, max_retries=0, timeout=300)

@@ -6,13 +6,15 @@ import httpx
 import pytest
 
 from .conftest import MODEL
+from .keys import AUTH
 
 pytestmark = pytest.mark.integration
 HI = [{"role": "user", "content": "hi"}]
 
 
 def post(base_url: str, path: str, **kwargs) -> httpx.Response:
-    return httpx.post(f"{base_url}{path}", timeout=300, **kwargs)
+    headers = {**AUTH(), **kwargs.pop("headers", {})}
+    return httpx.post(f"{base_url}{path}", headers=headers, timeout=300, **kwargs)
 
 
 CASES = {
@@ -53,7 +55,7 @@ def test_streaming_request_with_bad_input_is_refused_before_streaming(base_url):
 
 
 def test_unknown_model_card_is_404(base_url):
-    response = httpx.get(f"{base_url}/v1/models/no-such-model", timeout=60)
+    response = httpx.get(headers=AUTH(), url=f"{base_url}/v1/models/no-such-model", timeout=60)
     assert response.status_code == 404 and "no-such-model" in response.json()["error"]["message"]
 
 

@@ -11,6 +11,7 @@ from ember import Client
 from ember.client import RagStream
 
 from .conftest import COLLECTION
+from .keys import AUTH
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +28,7 @@ QUESTIONS = {
 
 @pytest.mark.parametrize("question", QUESTIONS)
 def test_retrieval_ranks_the_right_source_first(base_url, question):
-    response = httpx.post(f"{base_url}/v1/retrieve", timeout=120,
+    response = httpx.post(headers=AUTH(), url=f"{base_url}/v1/retrieve", timeout=120,
                           json={"query": question, "collection": COLLECTION, "top_k": 3})
     assert response.status_code == 200, response.text
     hits = response.json()["hits"]
@@ -61,7 +62,7 @@ def test_rag_chat_streaming_carries_sources_first(openai_client):
 
 
 def test_generate_plain_endpoint(base_url):
-    response = httpx.post(f"{base_url}/generate", timeout=120, json={
+    response = httpx.post(headers=AUTH(), url=f"{base_url}/generate", timeout=120, json={
         "prompt": "What is the capital of France?", "max_tokens": 24})
     assert response.status_code == 200 and "Paris" in response.json()["text"]
     assert response.json()["usage"]["completion_tokens"] > 0
@@ -70,7 +71,8 @@ def test_generate_plain_endpoint(base_url):
 def test_rag_generate_plain_endpoint_and_stream(base_url):
     body = {"question": "How much does a bicycle cost on the ferry?", "top_k": 2,
             "max_tokens": 32}
-    answer = httpx.post(f"{base_url}/rag-generate", json=body, timeout=120).json()
+    answer = httpx.post(f"{base_url}/rag-generate", headers=AUTH(), json=body,
+                        timeout=120).json()
     assert answer["answer"].strip() and answer["sources"][0]["source"].endswith(
         "02-timetable.txt")
     with Client(base_url) as client:
@@ -103,8 +105,14 @@ def test_health_and_metrics(base_url):
     health = httpx.get(f"{base_url}/health", timeout=60).json()
     assert health["status"] == "ok" and COLLECTION in health["collections"]
     assert health["embedder"] == {"embedder": "all-minilm-l6-v2", "dim": 384}
-    httpx.post(f"{base_url}/v1/retrieve", json={"query": "fares"}, timeout=60)
-    metrics = httpx.get(f"{base_url}/metrics", timeout=60).text
+    # /metrics is per ingress replica and the session runs two: retrieve and scrape
+    # until the scrape lands on a replica that served a retrieve.
+    for _ in range(12):
+        httpx.post(headers=AUTH(), url=f"{base_url}/v1/retrieve", json={"query": "fares"},
+                   timeout=60)
+        metrics = httpx.get(headers=AUTH(), url=f"{base_url}/metrics", timeout=60).text
+        if 'ember_requests_total{endpoint="retrieve",status="200"}' in metrics:
+            break
     assert 'ember_requests_total{endpoint="retrieve",status="200"}' in metrics
     assert "ember_retrieval_seconds_bucket" in metrics
 
@@ -117,10 +125,11 @@ def test_health_and_metrics(base_url):
     ({"collection": COLLECTION}, 400, "query"),
 ])
 def test_retrieve_bad_input(base_url, body, status, named):
-    response = httpx.post(f"{base_url}/v1/retrieve", json=body, timeout=60)
+    response = httpx.post(headers=AUTH(), url=f"{base_url}/v1/retrieve", json=body, timeout=60)
     assert response.status_code == status, response.text
     assert named in response.text
-    ok = httpx.post(f"{base_url}/v1/retrieve", json={"query": "fares"}, timeout=60)
+    ok = httpx.post(f"{base_url}/v1/retrieve", headers=AUTH(), json={"query": "fares"},
+                    timeout=60)
     assert ok.status_code == 200
 
 
@@ -139,7 +148,7 @@ def test_collection_made_with_another_embedder_is_refused(base_url, milvus_uri, 
     store = MilvusStore(shared_uri(milvus_uri))
     store.ensure_collection("made_elsewhere", "some-other-embedder", 384)
     store.close()
-    response = httpx.post(f"{base_url}/v1/retrieve", timeout=60,
+    response = httpx.post(headers=AUTH(), url=f"{base_url}/v1/retrieve", timeout=60,
                           json={"query": "fares", "collection": "made_elsewhere"})
     assert response.status_code == 409
     assert "some-other-embedder" in response.json()["error"]["message"]

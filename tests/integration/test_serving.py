@@ -53,11 +53,12 @@ def test_completions(openai_client):
     assert "Paris" in response.choices[0].text
 
 
-def test_sixteen_concurrent_chats_all_succeed(base_url):
+def test_sixteen_concurrent_chats_all_succeed(base_url, api_key):
     from openai import AsyncOpenAI
 
     async def run() -> list[str]:
-        client = AsyncOpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0, timeout=600)
+        client = AsyncOpenAI(base_url=f"{base_url}/v1", api_key=api_key, max_retries=0,
+                             timeout=600)
         calls = [client.chat.completions.create(
             model=MODEL, max_tokens=24, temperature=0,
             messages=[{"role": "user", "content": f"Name a colour. Request {i}."}])

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from ember.client.types import auth_headers
+
 PROMPTS = [
     "Explain what a vector database is in two sentences.",
     "Write a haiku about distributed computing.",
@@ -138,7 +140,10 @@ async def run_level(
     queue = [PROMPTS[i % len(PROMPTS)] for i in range(num_requests)]
     results: list[RequestResult] = []
     limits = httpx.Limits(max_connections=concurrency + 4)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+    # Ember's key (EMBER_API_KEY or the local admin key) goes to every target;
+    # servers without auth (plain vLLM) ignore the header.
+    headers = auth_headers(None)
+    async with httpx.AsyncClient(timeout=600, limits=limits, headers=headers) as http:
         await one_request(http, target, PROMPTS[0], 4)  # warm the connection and caches
 
         async def worker() -> None:

@@ -54,11 +54,26 @@ def run_up(args) -> int:
         local.check_ports_free({"Serve HTTP": (host, port)})
         num_cpus = args.num_cpus or max(8, cpus_needed(config) + 2)
         local.start_head(num_cpus)
+    _ensure_keys(config)
     print(f"deploying {config_path} ...")
     local.serve_deploy(config_path, DASHBOARD)
     wait_until_running(DASHBOARD, app_names(config), timeout_s=args.timeout)
     _print_ready(host, port, time.monotonic() - start)
     return 0
+
+
+def _ensure_keys(config: dict) -> None:
+    """Apps with auth on need the keys database: make it and the local admin key once."""
+    from ember.access.admin import ensure_admin_key
+    from ember.access.config import AccessConfig
+
+    for app in config.get("applications") or []:
+        access = AccessConfig(**((app.get("args") or {}).get("access") or {}))
+        if access.auth:
+            ensure_admin_key(access.url())
+        else:
+            print(f"application {app.get('name')}: API keys are OFF (access.auth: false); "
+                  f"anyone who reaches the port can use it")
 
 
 def _write_effective_config(config: dict) -> Path:

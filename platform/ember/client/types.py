@@ -10,6 +10,7 @@ Design choices:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -139,7 +140,20 @@ def normalize_base_url(base_url: str) -> str:
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
+    api_key = api_key or default_api_key()
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def default_api_key() -> str | None:
+    """EMBER_API_KEY, else the local admin key `ember up` wrote, else None."""
+    from ember.config.paths import ember_home
+
+    if os.environ.get("EMBER_API_KEY"):
+        return os.environ["EMBER_API_KEY"]
+    try:
+        return (ember_home() / "access" / "admin-key").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def as_messages(messages: Messages) -> list[dict[str, Any]]:

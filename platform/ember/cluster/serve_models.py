@@ -150,7 +150,9 @@ def wait_for_model(base_url: str, name: str, dashboard_url: str, app_name: str,
 
 def _listed_models(httpx, base_url: str) -> list[str]:
     try:
-        response = httpx.get(f"{base_url}/v1/models", timeout=10)
+        from ember.client.types import auth_headers
+
+        response = httpx.get(f"{base_url}/v1/models", timeout=10, headers=auth_headers(None))
         return [m["id"] for m in response.json().get("data", [])]
     except (httpx.HTTPError, ValueError):
         return []

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ember.access.config import AccessConfig
 from ember.models.catalogue import DEFAULT_LLM
 
 
@@ -97,6 +98,7 @@ class LLMAppConfig(_Strict):
         default_factory=lambda: [ModelDeploymentConfig()], min_length=1
     )
     ingress: IngressConfig = Field(default_factory=IngressConfig)
+    access: AccessConfig = Field(default_factory=AccessConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> LLMAppConfig:

@@ -4,25 +4,55 @@ Ray already validates most requests (vLLM names the limit for an over-long
 prompt or an absurd `max_tokens`). This subclass adds what a client needs:
 - every error as an OpenAI error object, message unwrapped (`errors.py`),
   unknown models as 404 listing the models that exist;
-- an empty `messages` list refused up front, naming the field.
+- an empty `messages` list refused up front, naming the field;
+- the access gate's checks that need the parsed body (`ember.access.gate`):
+  the key's models (403) and the per-request ceilings (400); a streamed
+  request asks the engine for its usage (for the usage record and tokens per
+  minute) and the gate strips that event if the client did not ask for it.
 It extends Ray's class rather than re-implementing the protocol, so every
 OpenAI route of Ray's ingress keeps working unchanged.
 """
 
 from __future__ import annotations
 
+import typing
+
 from fastapi import HTTPException, Request
 from ray.llm._internal.serve.core.configs.openai_api_models import (
     ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
     OpenAIHTTPException,
 )
 from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress
 from starlette.responses import Response
 
+from ember.access.config import AccessConfig
+from ember.access.gate import AccessGate, install_gate
 from ember.serving.errors import openai_error
 
 
 class EmberIngress(OpenAiIngress):
+    def __init__(self, llm_deployments, model_cards, *, access: dict | None = None,
+                 **kwargs) -> None:
+        super().__init__(llm_deployments, model_cards, **kwargs)
+        self.gate = AccessGate(AccessConfig(**(access or {})))
+        install_gate(self.gate)
+
+    def _refusal(self, request: Request, body, *models: str | None) -> Response | None:
+        """403/400 for this key and body (its model, or `models` if given), or None."""
+        return (self.gate.check_model(request_key(request), *(models or (body.model,)))
+                or self.gate.check_generation(body))
+
+    def _embedding_refusal(self, request: Request, body: EmbeddingRequest) -> Response | None:
+        count = 1 if isinstance(body.input, str) else len(body.input)
+        return (self.gate.check_model(request_key(request), body.model)
+                or self.gate.check_embedding_inputs(count))
+
+    async def _chat(self, body: ChatCompletionRequest, request: Request) -> Response:
+        """Ray's chat route, after Ember's checks (internal calls come here directly)."""
+        return await OpenAiIngress.chat(self, with_usage(body, request), request)
+
     async def _get_model_id(self, model: str | None) -> str:
         try:
             return await super()._get_model_id(model)
@@ -48,7 +78,19 @@ class EmberIngress(OpenAiIngress):
             return openai_error(
                 400, "'messages' must contain at least one message.", param="messages"
             )
-        return await super().chat(body, request)
+        if refusal := self._refusal(request, body):
+            return refusal
+        return await self._chat(body, request)
+
+    async def completions(self, body: CompletionRequest, request: Request) -> Response:
+        if refusal := self._refusal(request, body):
+            return refusal
+        return await super().completions(with_usage(body, request), request)
+
+    async def embeddings(self, body: EmbeddingRequest, request: Request) -> Response:
+        if refusal := self._embedding_refusal(request, body):
+            return refusal
+        return await super().embeddings(body, request)
 
     async def model_data(self, model: str):
         try:
@@ -57,3 +99,17 @@ class EmberIngress(OpenAiIngress):
             return openai_error(
                 exc.status_code, f"The model '{model}' does not exist.", param="model"
             )
+
+
+def with_usage(body, request: Request):
+    """A streamed request that asks for usage; the gate strips it if the client did not."""
+    if not body.stream or (body.stream_options and body.stream_options.include_usage):
+        return body
+    request.state.ember_strip_usage = True
+    options_cls = typing.get_args(type(body).model_fields["stream_options"].annotation)[0]
+    return body.model_copy(update={"stream_options": options_cls(include_usage=True)})
+
+
+def request_key(request: Request):
+    """The ApiKey the gate found for this request (None with auth off)."""
+    return getattr(request.state, "ember_key", None)

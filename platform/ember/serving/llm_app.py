@@ -83,6 +83,33 @@ def ingress_options(ingress: IngressConfig) -> dict[str, Any]:
 
 
 def build_llm_app(config: LLMAppConfig):
-    from ray.serve.llm import build_openai_app
+    from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
 
-    return build_openai_app(build_serving_args(config))
+    from ember.serving.ingress import EmberIngress
+
+    return build_ingress_app(config, EmberIngress, DEFAULT_ENDPOINTS, "OpenAiIngress")
+
+
+def build_ingress_app(config: LLMAppConfig, ingress_cls, endpoint_map: dict, name: str,
+                      **ingress_kwargs):
+    """LLM deployments behind an Ember ingress whose FastAPI app has the access gate.
+
+    Ray's `build_openai_app` makes its own FastAPI app, with no way to add a
+    middleware; these few lines of its wiring are repeated with Ember's app
+    (Ray's app factory + `AccessMiddleware`) passed to `make_fastapi_ingress`.
+    """
+    from ray import serve
+    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+    from ray.llm._internal.serve.core.ingress.ingress import init, make_fastapi_ingress
+    from ray.serve.llm import build_llm_deployment
+
+    from ember.access.gate import AccessMiddleware
+
+    llm_configs = [build_llm_config(m) for m in config.models]
+    app = init()
+    app.add_middleware(AccessMiddleware)  # outermost: runs before Ray's own middleware
+    ingress = make_fastapi_ingress(ingress_cls, endpoint_map=endpoint_map, app=app)
+    return serve.deployment(ingress, name=name, **ingress_options(config.ingress)).bind(
+        llm_deployments={c.model_id: build_llm_deployment(c) for c in llm_configs},
+        model_cards={c.model_id: to_model_metadata(c.model_id, c) for c in llm_configs},
+        lora_paths={}, access=config.access.model_dump(), **ingress_kwargs)

@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 
 from ember.serving import streams
 from ember.serving.errors import openai_error
-from ember.serving.ingress import EmberIngress
+from ember.serving.ingress import EmberIngress, request_key
 from ember.serving.metrics import REQUESTS, render
 from ember.serving.prompt import ContextTooLong, fit_sources
 from ember.serving.rag_config import RAG_MODEL, RetrievalConfig
@@ -66,9 +66,11 @@ class RAGIngress(EmberIngress):
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         if not _is_rag(body.model):
             return await super().chat(body, request)
-        collection, answering = _parse_rag_model(body.model)
+        collection, explicit = _parse_rag_model(body.model)
+        if refusal := self._refusal(request, body, body.model, explicit):
+            return refusal
         collection = collection or self.rag.default_collection
-        answering = answering or self.answering["model"]
+        answering = explicit or self.answering["model"]
         served = [card.id for card in (await super().models()).data]
         if answering not in served:
             return openai_error(404, f"model '{answering}' (after '@' in '{body.model}') is "
@@ -83,12 +85,14 @@ class RAGIngress(EmberIngress):
             return self._error(exc)
         llm_body = body.model_copy(update={"model": answering,
                                            "messages": messages, "max_tokens": max_tokens})
-        response = await super().chat(llm_body, request)
+        response = await self._chat(llm_body, request)
         return streams.with_sources(response, [s.as_dict() for s in kept], body.model)
 
     async def embeddings(self, body: EmbeddingRequest, request: Request) -> Response:
         if body.model != self.rag.embedder:
             return await super().embeddings(body, request)
+        if refusal := self._embedding_refusal(request, body):
+            return refusal
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
         if not texts or not all(isinstance(t, str) and t for t in texts):
             return openai_error(400, "'input' must be a non-empty string or list of strings",
@@ -101,8 +105,10 @@ class RAGIngress(EmberIngress):
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     # --- plain endpoints -----------------------------------------------------
-    async def retrieve(self, body: RetrieveRequest) -> Response:
+    async def retrieve(self, body: RetrieveRequest, request: Request) -> Response:
         collection = body.collection or self.rag.default_collection
+        if refusal := self.gate.check_model(request_key(request), f"{RAG_MODEL}:{collection}"):
+            return refusal
         try:
             sources = await self.retriever.retrieve(body.query, collection,
                                                     self._top_k(body.top_k))
@@ -115,12 +121,16 @@ class RAGIngress(EmberIngress):
     async def generate(self, body: GenerateRequest, request: Request) -> Response:
         chat = self._chat_request(body.model or self.answering["model"],
                                   [{"role": "user", "content": body.prompt}], body)
-        response = await EmberIngress.chat(self, chat, request)
+        if refusal := self._refusal(request, chat):
+            return refusal
+        response = await self._chat(chat, request)
         REQUESTS.labels("generate", str(response.status_code)).inc()
         return streams.plain(response, lambda text, usage: {"text": text, "usage": usage})
 
     async def rag_generate(self, body: RagGenerateRequest, request: Request) -> Response:
         collection = body.collection or self.rag.default_collection
+        if refusal := self._refusal(request, body, f"{RAG_MODEL}:{collection}"):
+            return refusal
         try:
             sources = await self.retriever.retrieve(body.question, collection,
                                                     self._top_k(body.top_k))
@@ -129,8 +139,8 @@ class RAGIngress(EmberIngress):
         except (RetrievalError, ContextTooLong) as exc:
             return self._error(exc, "rag-generate")
         found = [s.as_dict() for s in kept]
-        response = await EmberIngress.chat(
-            self, self._chat_request(self.answering["model"], messages, body), request)
+        response = await self._chat(
+            self._chat_request(self.answering["model"], messages, body), request)
         REQUESTS.labels("rag-generate", str(response.status_code)).inc()
         return streams.plain(
             response, lambda text, usage: {"answer": text, "sources": found, "usage": usage},

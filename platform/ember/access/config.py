@@ -1,0 +1,33 @@
+"""`AccessConfig`: the `access:` section of a Serve app's args (keys and limits)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RequestLimits(_Strict):
+    """Per-request ceilings; a request above one gets a 400 (413 for the body) naming it."""
+
+    max_body_mb: float = Field(1.0, gt=0, description="request body size (413 above)")
+    max_n: int = Field(8, ge=1, description="completions per request (`n`)")
+    max_tokens: int = Field(4096, ge=1, description="`max_tokens` / `max_completion_tokens`")
+    max_embedding_inputs: int = Field(256, ge=1, description="inputs per embeddings request")
+
+
+class AccessConfig(_Strict):
+    auth: bool = Field(True, description="require `Authorization: Bearer <key>` on every "
+                                         "route but /health")
+    database_url: str | None = Field(None, description="SQLAlchemy URL of the keys and usage "
+                                     "database; default: SQLite under $EMBER_HOME/access")
+    key_cache_s: float = Field(2.0, ge=0, description="how long a replica trusts a key lookup "
+                               "(a revocation takes effect within this)")
+    limits: RequestLimits = Field(default_factory=RequestLimits)
+
+    def url(self) -> str:
+        from ember.access.store import default_url
+
+        return self.database_url or default_url()

@@ -1,0 +1,280 @@
+"""The gate in front of every route: API key, limits, usage record.
+
+`AccessMiddleware` is a pure ASGI middleware (streams pass through untouched,
+no per-chunk buffering) added to the ingress's FastAPI app; the `AccessGate`
+it uses is built by the ingress replica from the app's `access:` config.
+Per request, in order:
+1. body size from Content-Length (413; a chunked body is counted as it
+   arrives and cut off at the limit);
+2. `Authorization: Bearer <key>`: missing, malformed, unknown or revoked
+   -> 401 (a replica caches lookups for `key_cache_s`);
+3. the key's requests/min and tokens/min, through the shared `QuotaKeeper`
+   (429 with Retry-After) - only for keys that have such limits;
+4. the route runs; the ingress checks the parsed body's model (403) and the
+   per-request ceilings (`n`, `max_tokens`, embeddings inputs: 400);
+5. afterwards one usage row (key, model, route, status, tokens, latency,
+   time to first byte) goes to the keeper, fire-and-forget.
+`/health` is open (load balancers and Serve health checks carry no key).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from starlette.responses import JSONResponse
+
+from ember.access.config import AccessConfig
+from ember.access.keys import KEY_PREFIX, ApiKey, KeyLookup
+from ember.serving.errors import openai_error
+
+logger = logging.getLogger("ember.access")
+OPEN_PATHS = frozenset({"/health"})
+_gate_of_replica: AccessGate | None = None
+
+
+def install_gate(gate: AccessGate) -> None:
+    """The replica's gate: one ingress per replica process, built in its constructor."""
+    global _gate_of_replica
+    _gate_of_replica = gate
+
+
+def current_gate() -> AccessGate | None:
+    return _gate_of_replica
+
+
+class AccessGate:
+    def __init__(self, config: AccessConfig) -> None:
+        from ember.access.quota import get_keeper
+        from ember.access.store import check_ready, migrate
+
+        self.config, self.limits = config, config.limits
+        self.url = config.url()
+        self.max_body = int(config.limits.max_body_mb * 1024 * 1024)
+        if config.auth:
+            check_ready(self.url)  # no keys database: no service (never an open door)
+            self.keys = KeyLookup(self.url, config.key_cache_s)
+        else:
+            migrate(self.url)  # usage is still recorded
+            self.keys = None
+            logger.warning("API keys are OFF (access.auth: false): anyone who reaches this "
+                           "service can use every route")
+        self.keeper = get_keeper(self.url)
+
+    # --- before the route ----------------------------------------------------
+    def authenticate(self, headers: dict[bytes, bytes]) -> ApiKey | JSONResponse | None:
+        if self.keys is None:
+            return None
+        raw = headers.get(b"authorization", b"").decode("latin-1")
+        scheme, _, key = raw.partition(" ")
+        if not raw:
+            return _unauthorized("Missing API key: send 'Authorization: Bearer <key>' "
+                                 "(`ember keys create NAME` makes one).")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key.startswith(KEY_PREFIX):
+            return _unauthorized(f"Malformed Authorization header: expected 'Bearer "
+                                 f"{KEY_PREFIX}...'.")
+        found = self.keys.find(key)
+        if found is None:
+            return _unauthorized(f"Invalid or revoked API key '{key[:10]}...'.")
+        return found
+
+    async def admit(self, key: ApiKey | None) -> JSONResponse | None:
+        if key is None or (key.rpm is None and key.tpm is None):
+            return None
+        wait = await self.keeper.admit.remote(key.id, key.rpm, key.tpm)
+        if wait is None:
+            return None
+        which = (f"{key.rpm} requests" if key.rpm is not None else "") + \
+                (" / " if key.rpm is not None and key.tpm is not None else "") + \
+                (f"{key.tpm} tokens" if key.tpm is not None else "")
+        response = openai_error(429, f"Rate limit reached for key '{key.name}' ({which} per "
+                                     f"minute). Retry after {wait:.1f}s.")
+        response.headers["Retry-After"] = str(max(1, round(wait + 0.5)))
+        return response
+
+    # --- inside the route (parsed body) --------------------------------------
+    def check_model(self, key: ApiKey | None, *models: str | None) -> JSONResponse | None:
+        for model in models:
+            if key is not None and model and not key.allows(model):
+                return openai_error(403, f"Key '{key.name}' may not use model '{model}' "
+                                         f"(allowed: {', '.join(key.models)}).", "model")
+        return None
+
+    def check_generation(self, body) -> JSONResponse | None:
+        n = getattr(body, "n", None) or 1
+        if n > self.limits.max_n:
+            return _over("n", n, self.limits.max_n)
+        for field in ("max_tokens", "max_completion_tokens"):
+            value = getattr(body, field, None)
+            if value is not None and value > self.limits.max_tokens:
+                return _over(field, value, self.limits.max_tokens)
+        return None
+
+    def check_embedding_inputs(self, count: int) -> JSONResponse | None:
+        if count > self.limits.max_embedding_inputs:
+            return _over("input", count, self.limits.max_embedding_inputs, what="inputs")
+        return None
+
+    # --- after the route -----------------------------------------------------
+    def record(self, key: ApiKey | None, route: str, meter: UsageMeter, started: float) -> None:
+        row = {"ts": time.time(), "key_id": key.id if key else None, "model": meter.model,
+               "route": route, "status": meter.status or 500,
+               "prompt_tokens": meter.prompt_tokens, "completion_tokens": meter.completion_tokens,
+               "latency_s": time.perf_counter() - started,
+               "ttft_s": meter.first_byte - started if meter.first_byte else None}
+        self.keeper.record.remote(row)
+
+
+def _unauthorized(message: str) -> JSONResponse:
+    response = openai_error(401, message)
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def _over(param: str, value: int, limit: int, what: str = "") -> JSONResponse:
+    return openai_error(400, f"'{param}' is {value}{' ' + what if what else ''}; this service "
+                             f"allows at most {limit} (access.limits).", param)
+
+
+class UsageMeter:
+    """Watches a response go out: status, time to first byte, model and token usage.
+
+    JSON bodies are parsed once at their end; in an SSE stream only events that
+    mention "usage" are parsed. With `strip_usage` (the ingress asked the engine
+    for a usage event the client did not ask for) that event is not sent on.
+    """
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.first_byte: float | None = None
+        self.model: str | None = None
+        self.prompt_tokens = self.completion_tokens = 0
+        self.strip_usage = False
+        self._sse = False
+        self._json = bytearray()
+
+    def wrap(self, send, scope):
+        async def metered(message) -> None:
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+                headers = dict(message.get("headers") or [])
+                self._sse = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+            elif message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                if body and self.first_byte is None:
+                    self.first_byte = time.perf_counter()
+                self.strip_usage = bool(scope.get("state", {}).get("ember_strip_usage"))
+                if self._sse:
+                    message = {**message, "body": self._see_events(body)}
+                elif len(self._json) < 4_000_000:
+                    self._json += body
+                    if not message.get("more_body"):
+                        self._see_json(bytes(self._json))
+            await send(message)
+        return metered
+
+    def _see_json(self, body: bytes) -> None:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return
+        if isinstance(data, dict):
+            self._take(data)
+
+    def _see_events(self, body: bytes) -> bytes:
+        if b'"usage"' not in body and (self.model or b'"model"' not in body):
+            return body
+        kept = []
+        for event in body.split(b"\n\n"):
+            payload = event.strip()
+            if payload.startswith(b"data:") and payload[5:].strip() != b"[DONE]":
+                try:
+                    data = json.loads(payload[5:])
+                except ValueError:
+                    data = None
+                if isinstance(data, dict):
+                    self._take(data)
+                    if self.strip_usage and data.get("usage") and not data.get("choices"):
+                        continue
+            kept.append(event)
+        return b"\n\n".join(kept)
+
+    def _take(self, data: dict) -> None:
+        self.model = self.model or data.get("model")
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            self.prompt_tokens = usage.get("prompt_tokens") or 0
+            self.completion_tokens = usage.get("completion_tokens") or 0
+
+
+class AccessMiddleware:
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        gate = current_gate()
+        if scope["type"] != "http" or gate is None or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = dict(scope.get("headers") or [])
+        key, rejection = None, _too_large(headers, gate.max_body)
+        if rejection is None:
+            found = gate.authenticate(headers)
+            key, rejection = (None, found) if isinstance(found, JSONResponse) else (found, None)
+        if rejection is None:
+            rejection = await gate.admit(key)
+        meter = UsageMeter()
+        if rejection is not None:
+            await rejection(scope, receive, meter.wrap(send, scope))
+        else:
+            scope.setdefault("state", {})["ember_key"] = key
+            await self._run(scope, receive, send, gate, meter)
+        gate.record(key, scope["path"], meter, started)
+
+    async def _run(self, scope, receive, send, gate: AccessGate, meter: UsageMeter) -> None:
+        received = 0
+        over = False
+
+        async def bounded_receive():
+            nonlocal received, over
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > gate.max_body:
+                    over = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        started = False
+        metered = meter.wrap(send, scope)
+
+        async def guarded_send(message):
+            nonlocal started
+            if over and not started:
+                return  # the 413 below answers instead
+            started = started or message["type"] == "http.response.start"
+            await metered(message)
+
+        try:
+            await self.app(scope, bounded_receive, guarded_send)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
+            await _body_error(gate.max_body)(scope, receive, metered)
+
+
+def _too_large(headers: dict[bytes, bytes], limit: int) -> JSONResponse | None:
+    try:
+        length = int(headers.get(b"content-length", b"0"))
+    except ValueError:
+        return openai_error(400, "Content-Length is not a number.")
+    return _body_error(limit) if length > limit else None
+
+
+def _body_error(limit: int) -> JSONResponse:
+    return openai_error(413, f"Request body larger than {limit / 1024 / 1024:g} MB "
+                             f"(access.limits.max_body_mb).")

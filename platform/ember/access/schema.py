@@ -1,0 +1,41 @@
+"""The access database's tables, as SQLAlchemy Core sees them.
+
+Alembic's migrations (`migrations/versions/`) create and change them; a test
+checks that the migrated database matches these definitions, so the two
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+METADATA = sa.MetaData()
+
+API_KEYS = sa.Table(
+    "api_keys", METADATA,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),  # SHA-256 hex
+    sa.Column("prefix", sa.String(16), nullable=False),  # shown in listings: "ek-AbCd…"
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+    sa.Column("rpm", sa.Integer, nullable=True),
+    sa.Column("tpm", sa.Integer, nullable=True),
+    sa.Column("budget_usd", sa.Float, nullable=True),
+    sa.Column("models", sa.JSON, nullable=True),  # allowed model patterns; null: all
+    sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+USAGE = sa.Table(
+    "usage", METADATA,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("ts", sa.Float, nullable=False, index=True),
+    sa.Column("key_id", sa.Integer, sa.ForeignKey("api_keys.id"), nullable=True, index=True),
+    sa.Column("model", sa.String(256), nullable=True),
+    sa.Column("route", sa.String(128), nullable=False),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("completion_tokens", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("latency_s", sa.Float, nullable=False),
+    sa.Column("ttft_s", sa.Float, nullable=True),
+)

@@ -1,0 +1,185 @@
+"""API keys, limits and usage records against the real service.
+
+The session deploys the shipped config (auth on) with two ingress replicas
+(conftest), so the per-key limits are shown to hold across replicas: they are
+counted in the shared QuotaKeeper actor, not in one replica's memory.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from ember.access.keys import create_key, revoke
+from ember.access.schema import USAGE
+from ember.access.store import engine_for
+
+from .conftest import MODEL
+
+
+def bearer(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def retrieve(base_url: str, headers: dict, **body) -> httpx.Response:
+    return httpx.post(f"{base_url}/v1/retrieve", headers=headers, timeout=120,
+                      json={"query": "fares", "top_k": 1, **body})
+
+
+def chat(base_url: str, headers: dict, **body) -> httpx.Response:
+    payload = {"model": MODEL, "max_tokens": 4, "temperature": 0,
+               "messages": [{"role": "user", "content": "Say hi."}], **body}
+    return httpx.post(f"{base_url}/v1/chat/completions", headers=headers, json=payload,
+                      timeout=300)
+
+
+def error_of(response: httpx.Response) -> dict:
+    return response.json()["error"]
+
+
+@pytest.mark.parametrize("headers, says", [
+    ({}, "Missing API key"),
+    ({"Authorization": "Basic dXNlcjpwYXNz"}, "Malformed Authorization"),
+    ({"Authorization": "Bearer ek-not-a-real-key"}, "Invalid or revoked API key"),
+])
+def test_requests_without_a_valid_key_get_401(base_url, headers, says):
+    response = retrieve(base_url, headers)
+    assert response.status_code == 401
+    assert says in error_of(response)["message"]
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert httpx.get(f"{base_url}/health", timeout=60).status_code == 200  # open by design
+
+
+def test_a_revoked_key_is_refused_within_the_cache_time(base_url, access_url):
+    key, _ = create_key(access_url, "to-revoke")
+    assert retrieve(base_url, bearer(key)).status_code == 200
+    revoke(access_url, "to-revoke")
+    time.sleep(2.5)  # access.key_cache_s: 2 in the shipped config
+    assert retrieve(base_url, bearer(key)).status_code == 401
+
+
+def test_a_key_outside_its_models_gets_403(base_url, access_url):
+    key, _ = create_key(access_url, "rag-only", models=["rag*"])
+    assert retrieve(base_url, bearer(key)).status_code == 200  # rag:docs is allowed
+    refused = chat(base_url, bearer(key))
+    assert refused.status_code == 403
+    assert f"may not use model '{MODEL}'" in error_of(refused)["message"]
+    assert error_of(refused)["param"] == "model"
+
+
+def test_an_oversized_body_gets_413_before_it_is_read(base_url, auth):
+    big = "x" * (2 * 1024 * 1024)
+    response = retrieve(base_url, auth, query=big)
+    assert response.status_code == 413
+    assert "larger than 1 MB" in error_of(response)["message"]
+    assert retrieve(base_url, auth).status_code == 200
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"n": 1000}, "n"),
+    ({"max_tokens": 100_000}, "max_tokens"),
+])
+def test_absurd_generation_requests_get_400_naming_the_limit(base_url, auth, body, param):
+    response = chat(base_url, auth, **body)
+    assert response.status_code == 400, response.text
+    assert error_of(response)["param"] == param
+    assert "this service allows at most" in error_of(response)["message"]
+
+
+def test_too_many_embedding_inputs_get_400(base_url, auth):
+    response = httpx.post(f"{base_url}/v1/embeddings", headers=auth, timeout=120,
+                          json={"model": "all-minilm-l6-v2", "input": ["a"] * 10_000})
+    assert response.status_code == 400
+    assert error_of(response)["param"] == "input"
+
+
+def test_requests_per_minute_hold_across_ingress_replicas(base_url, access_url):
+    key, _ = create_key(access_url, "rpm-3", rpm=3)
+    statuses = [retrieve(base_url, bearer(key)).status_code for _ in range(6)]
+    assert statuses == [200, 200, 200, 429, 429, 429]
+    refused = retrieve(base_url, bearer(key))
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert "Rate limit reached for key 'rpm-3' (3 requests per minute)" in \
+        error_of(refused)["message"]
+
+
+def test_tokens_per_minute_count_what_requests_used(base_url, access_url):
+    key, _ = create_key(access_url, "tpm-20", tpm=20)
+    first = chat(base_url, bearer(key), max_tokens=8)  # ~30 prompt tokens: over at once
+    assert first.status_code == 200
+    time.sleep(1.5)  # the usage row reaches the shared windows after the response
+    second = chat(base_url, bearer(key))
+    assert second.status_code == 429, second.text
+    assert "20 tokens per minute" in error_of(second)["message"]
+
+
+def usage_rows(access_url: str, key_name: str) -> list[dict]:
+    engine = engine_for(access_url)
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text(
+            "SELECT u.* FROM usage u JOIN api_keys k ON k.id = u.key_id "
+            "WHERE k.name = :name ORDER BY u.id"), {"name": key_name}).mappings().all()
+    engine.dispose()
+    return [dict(r) for r in rows]
+
+
+def wait_for_rows(access_url: str, key_name: str, count: int) -> list[dict]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        rows = usage_rows(access_url, key_name)
+        if len(rows) >= count:
+            return rows
+        time.sleep(0.5)
+    raise AssertionError(f"{count} usage rows for {key_name} not written in 30 s: {rows}")
+
+
+def test_usage_rows_record_each_request_and_survive_a_keeper_restart(base_url, access_url):
+    import ray
+    from ember.access.quota import keeper_name
+
+    key, _ = create_key(access_url, "metered")
+    assert chat(base_url, bearer(key)).status_code == 200
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", headers=bearer(key),
+                      timeout=300, json={"model": MODEL, "max_tokens": 5, "stream": True,
+                                         "messages": [{"role": "user", "content": "Hi"}]}) as r:
+        streamed = "".join(r.iter_text())
+    assert '"usage"' not in streamed  # asked of the engine for the record, not shown
+    assert chat(base_url, bearer(key), n=1000).status_code == 400
+    rows = wait_for_rows(access_url, "metered", 3)
+    plain, stream, refused = rows[:3]
+    assert plain["route"] == "/v1/chat/completions" and plain["status"] == 200
+    assert plain["model"] == MODEL and plain["prompt_tokens"] > 0
+    assert 1 <= plain["completion_tokens"] <= 4 and plain["latency_s"] > 0
+    assert 1 <= stream["completion_tokens"] <= 5 and stream["ttft_s"] < stream["latency_s"]
+    assert refused["status"] == 400 and refused["completion_tokens"] == 0
+
+    keeper = ray.get_actor(keeper_name(access_url), namespace="ember")
+    ray.kill(keeper, no_restart=False)  # Ray restarts it (max_restarts=-1)
+    assert len(usage_rows(access_url, "metered")) == 3  # what was written stays
+    wait_until_answers(keeper)
+    assert chat(base_url, bearer(key)).status_code == 200
+    assert len(wait_for_rows(access_url, "metered", 4)) == 4
+
+
+def wait_until_answers(keeper) -> None:
+    """Until the keeper's new incarnation answers a call (calls racing the restart fail)."""
+    import ray
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            ray.get(keeper.flush.remote(), timeout=10)
+            return
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            assert time.monotonic() < deadline, "the keeper did not come back in 60 s"
+            time.sleep(0.5)
+
+
+def test_usage_table_is_real_and_queryable(access_url):
+    engine = engine_for(access_url)
+    with engine.connect() as connection:
+        total = connection.execute(sa.select(sa.func.count()).select_from(USAGE)).scalar()
+    engine.dispose()
+    assert total > 0

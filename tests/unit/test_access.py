@@ -1,0 +1,151 @@
+"""API keys, the keys database and the gate's checks (real SQLite, real Alembic)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+
+import pytest
+import sqlalchemy as sa
+from ember.access import keys, store
+from ember.access.config import AccessConfig, RequestLimits
+from ember.access.quota import Windows
+from ember.access.schema import METADATA
+
+
+@pytest.fixture
+def url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'access' / 'ember.db'}"
+
+
+def test_keys_are_shown_once_and_stored_as_hashes(url, tmp_path):
+    key, record = keys.create_key(url, "alice", rpm=10, models=["smollm2-*"])
+    assert key.startswith("ek-") and len(key) > 40
+    assert record.name == "alice" and record.rpm == 10 and record.models == ("smollm2-*",)
+    raw = (tmp_path / "access" / "ember.db").read_bytes()
+    assert key.encode() not in raw and keys.hash_key(key).encode() in raw
+    assert keys.KeyLookup(url).find(key) == record
+    assert keys.KeyLookup(url).find(key + "x") is None
+
+
+def test_revoked_keys_are_refused(url):
+    key, _ = keys.create_key(url, "bob")
+    keys.revoke(url, "bob")
+    assert keys.KeyLookup(url, cache_s=0).find(key) is None
+    assert keys.list_keys(url)[0].revoked_at is not None
+
+
+def test_bad_key_requests_name_what_is_wrong(url):
+    keys.create_key(url, "carol")
+    with pytest.raises(store.AccessStoreError, match="'carol' already exists"):
+        keys.create_key(url, "carol")
+    with pytest.raises(store.AccessStoreError, match="--rpm must be positive"):
+        keys.create_key(url, "dave", rpm=0)
+    with pytest.raises(store.AccessStoreError, match="no key named 'erin'"):
+        keys.revoke(url, "erin")
+
+
+def test_model_patterns():
+    key = keys.ApiKey(id=1, name="k", prefix="ek-", created_at=0, models=("rag*", "smollm2"))
+    assert key.allows("rag:docs") and key.allows("smollm2") and not key.allows("llama")
+    assert keys.ApiKey(id=2, name="all", prefix="ek-", created_at=0).allows("anything")
+
+
+def test_migrated_schema_matches_the_code(url):
+    store.migrate(url)
+    inspector = sa.inspect(store.engine_for(url))
+    for table in METADATA.sorted_tables:
+        migrated = {c["name"] for c in inspector.get_columns(table.name)}
+        assert migrated == {c.name for c in table.columns}, table.name
+
+
+def test_a_missing_database_stops_the_service_with_what_to_do(url):
+    with pytest.raises(store.AccessStoreError, match="does not exist.*ember keys create"):
+        store.check_ready(url)
+
+
+def test_a_corrupt_database_stops_the_service(url, tmp_path):
+    store.migrate(url)
+    (tmp_path / "access" / "ember.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(store.AccessStoreError, match="cannot be read"):
+        store.check_ready(url)
+
+
+def test_an_old_schema_stops_the_service(url, tmp_path):
+    store.migrate(url)
+    with sqlite3.connect(tmp_path / "access" / "ember.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = '0000'")
+    with pytest.raises(store.AccessStoreError, match="ember keys migrate"):
+        store.check_ready(url)
+
+
+def test_windows_count_requests_and_tokens_per_minute():
+    windows = Windows()
+    assert windows.admit(1, rpm=2, tpm=None, now=0.0) is None
+    assert windows.admit(1, rpm=2, tpm=None, now=1.0) is None
+    assert windows.admit(1, rpm=2, tpm=None, now=2.0) == pytest.approx(58.0)
+    assert windows.admit(2, rpm=2, tpm=None, now=2.0) is None  # other keys unaffected
+    assert windows.admit(1, rpm=2, tpm=None, now=60.5) is None  # the first left the window
+    windows.spend(3, 150, now=10.0)
+    assert windows.admit(3, rpm=None, tpm=100, now=20.0) == pytest.approx(50.0)
+    assert windows.admit(3, rpm=None, tpm=100, now=70.5) is None
+
+
+class Body:
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+def gate_for(limits: RequestLimits):
+    from ember.access.gate import AccessGate
+
+    gate = AccessGate.__new__(AccessGate)  # the checks only; no database or Ray needed
+    gate.limits = limits
+    return gate
+
+
+def test_per_request_ceilings_name_the_field():
+    gate = gate_for(RequestLimits(max_n=4, max_tokens=100, max_embedding_inputs=8))
+    assert gate.check_generation(Body(n=2, max_tokens=50)) is None
+    refused = gate.check_generation(Body(n=1000, max_tokens=50))
+    error = json.loads(refused.body)["error"]
+    assert refused.status_code == 400 and error["param"] == "n"
+    assert "at most 4" in error["message"]
+    refused = gate.check_generation(Body(n=None, max_tokens=None, max_completion_tokens=101))
+    assert json.loads(refused.body)["error"]["param"] == "max_completion_tokens"
+    assert gate.check_embedding_inputs(9).status_code == 400
+
+
+def test_the_meter_reads_usage_and_strips_the_event_the_client_did_not_ask_for():
+    from ember.access.gate import UsageMeter
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def run():
+        meter = UsageMeter()
+        scope = {"state": {"ember_strip_usage": True}}
+        metered = meter.wrap(send, scope)
+        await metered({"type": "http.response.start", "status": 200,
+                       "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+        chunk = {"model": "m", "choices": [{"delta": {"content": "hi"}}]}
+        await metered({"type": "http.response.body", "more_body": True,
+                       "body": f"data: {json.dumps(chunk)}\n\n".encode()})
+        usage = {"model": "m", "choices": [],
+                 "usage": {"prompt_tokens": 7, "completion_tokens": 3}}
+        await metered({"type": "http.response.body", "more_body": True,
+                       "body": f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode()})
+        return meter
+
+    meter = asyncio.run(run())
+    assert (meter.status, meter.model, meter.prompt_tokens, meter.completion_tokens) == \
+        (200, "m", 7, 3)
+    streamed = b"".join(m.get("body", b"") for m in sent)
+    assert b'"usage"' not in streamed and b"[DONE]" in streamed and b'"hi"' in streamed
+
+
+def test_access_is_on_by_default():
+    assert AccessConfig().auth is True
