@@ -102,6 +102,7 @@ def serve_config(milvus_uri, access_url) -> dict:
     args["rag"]["milvus_uri"] = milvus_uri
     assert args["access"]["auth"] is True  # the shipped config guards the service
     args["access"]["database_url"] = access_url
+    args["access"]["cost_sample_s"] = 2  # budgets are charged within seconds (test_access)
     # Two ingress replicas: per-key limits must hold across them (test_access).
     args["ingress"].update(min_replicas=2, max_replicas=2)
     assert args["rag"]["default_collection"] == COLLECTION

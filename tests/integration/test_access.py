@@ -183,3 +183,37 @@ def test_usage_table_is_real_and_queryable(access_url):
         total = connection.execute(sa.select(sa.func.count()).select_from(USAGE)).scalar()
     engine.dispose()
     assert total > 0
+
+
+def test_measured_spend_is_charged_to_keys_and_a_spent_budget_gets_402(base_url, access_url):
+    key, record = create_key(access_url, "tiny-budget", budget_usd=1e-9)
+    assert chat(base_url, bearer(key)).status_code == 200
+    deadline = time.monotonic() + 60
+    while (refused := chat(base_url, bearer(key))).status_code == 200:
+        assert time.monotonic() < deadline, "the budget was never charged"
+        time.sleep(1)  # the keeper charges every cost_sample_s (2 s in this session)
+    assert refused.status_code == 402, refused.text
+    assert error_of(refused)["type"] == "insufficient_quota"
+    assert "has spent its budget" in error_of(refused)["message"]
+    engine = engine_for(access_url)
+    with engine.connect() as connection:
+        spend = connection.execute(sa.text(
+            "SELECT model, replicas, seconds, tokens, usd FROM spend WHERE key_id = :k"),
+            {"k": record.id}).mappings().all()
+    engine.dispose()
+    assert spend and all(r["model"] == MODEL and r["replicas"] == 1 for r in spend)
+    # one replica at usd_per_hour 0.10 (local.yaml): the key's share is at most that
+    assert 0 < sum(r["usd"] for r in spend) <= 0.10 * sum(r["seconds"] for r in spend) / 3600
+
+
+def test_cost_report_prints_the_measured_figures(base_url, access_url):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "ember.cli.main", "cost", "report",
+                          "--database-url", access_url, "--since", "1h", "--by", "key"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "| tiny-budget |" in out.stdout and "| total |" in out.stdout
+    assert "hosted (gpt-4o-mini at $0.15/$0.6 per 1M input/output tokens)" in out.stdout
+    assert "break-even:" in out.stdout

@@ -26,6 +26,8 @@ class AccessConfig(_Strict):
     key_cache_s: float = Field(2.0, ge=0, description="how long a replica trusts a key lookup "
                                "(a revocation takes effect within this)")
     limits: RequestLimits = Field(default_factory=RequestLimits)
+    cost_sample_s: float = Field(10.0, gt=0, description="how often replicas are counted for "
+                                 "cost accounting (each model's `usd_per_hour`)")
 
     def url(self) -> str:
         from ember.access.store import default_url

@@ -12,8 +12,10 @@ Per request, in order:
    (429 with Retry-After) - only for keys that have such limits;
 4. the route runs; the ingress checks the parsed body's model (403) and the
    per-request ceilings (`n`, `max_tokens`, embeddings inputs: 400);
-5. afterwards one usage row (key, model, route, status, tokens, latency,
-   time to first byte) goes to the keeper, fire-and-forget.
+5. afterwards one usage row (key, model, the LLM that served it, route,
+   status, tokens, latency, time to first byte) goes to the keeper,
+   fire-and-forget. A key with a budget is refused (402) once the keeper has
+   charged it that much (`quota.py`: measured replica cost split by tokens).
 `/health` is open (load balancers and Serve health checks carry no key).
 """
 
@@ -45,7 +47,7 @@ def current_gate() -> AccessGate | None:
 
 
 class AccessGate:
-    def __init__(self, config: AccessConfig) -> None:
+    def __init__(self, config: AccessConfig, prices: dict[str, float] | None = None) -> None:
         from ember.access.quota import get_keeper
         from ember.access.store import check_ready, migrate
 
@@ -60,7 +62,10 @@ class AccessGate:
             self.keys = None
             logger.warning("API keys are OFF (access.auth: false): anyone who reaches this "
                            "service can use every route")
-        self.keeper = get_keeper(self.url)
+        self.prices = prices or {}
+        self.keeper = get_keeper(self.url, config.cost_sample_s, self.prices)
+        if self.prices:
+            self.keeper.set_prices.remote(self.prices)
 
     # --- before the route ----------------------------------------------------
     def authenticate(self, headers: dict[bytes, bytes]) -> ApiKey | JSONResponse | None:
@@ -81,11 +86,17 @@ class AccessGate:
         return found
 
     async def admit(self, key: ApiKey | None) -> JSONResponse | None:
-        if key is None or (key.rpm is None and key.tpm is None):
+        if key is None or (key.rpm is None and key.tpm is None and key.budget_usd is None):
             return None
-        wait = await self.keeper.admit.remote(key.id, key.rpm, key.tpm)
-        if wait is None:
+        verdict = await self.keeper.admit.remote(key.id, key.rpm, key.tpm, key.budget_usd)
+        if verdict is None:
             return None
+        if verdict["reason"] == "budget":
+            return openai_error(402, f"Key '{key.name}' has spent its budget: "
+                                     f"${verdict['spent']:.6f} of ${key.budget_usd:g}. Use "
+                                     f"another key, or ask the operator for one with a "
+                                     f"larger --budget-usd.")
+        wait = verdict["retry_after"]
         which = (f"{key.rpm} requests" if key.rpm is not None else "") + \
                 (" / " if key.rpm is not None and key.tpm is not None else "") + \
                 (f"{key.tpm} tokens" if key.tpm is not None else "")
@@ -119,12 +130,14 @@ class AccessGate:
 
     # --- after the route -----------------------------------------------------
     def record(self, key: ApiKey | None, route: str, meter: UsageMeter, started: float) -> None:
+        served = meter.state.get("ember_served_model") if meter.state else None
         row = {"ts": time.time(), "key_id": key.id if key else None, "model": meter.model,
-               "route": route, "status": meter.status or 500,
+               "served_model": served or meter.model, "route": route, "status": meter.status or 500,
                "prompt_tokens": meter.prompt_tokens, "completion_tokens": meter.completion_tokens,
                "latency_s": time.perf_counter() - started,
                "ttft_s": meter.first_byte - started if meter.first_byte else None}
-        self.keeper.record.remote(row)
+        # The price travels with the row, so a restarted keeper relearns it from traffic.
+        self.keeper.record.remote(row, self.prices.get(row["served_model"]))
 
 
 def _unauthorized(message: str) -> JSONResponse:
@@ -152,10 +165,13 @@ class UsageMeter:
         self.model: str | None = None
         self.prompt_tokens = self.completion_tokens = 0
         self.strip_usage = False
+        self.state: dict | None = None  # the request's scope state, set by the route
         self._sse = False
         self._json = bytearray()
 
     def wrap(self, send, scope):
+        self.state = scope.setdefault("state", {})
+
         async def metered(message) -> None:
             if message["type"] == "http.response.start":
                 self.status = message["status"]
@@ -165,7 +181,7 @@ class UsageMeter:
                 body = message.get("body", b"")
                 if body and self.first_byte is None:
                     self.first_byte = time.perf_counter()
-                self.strip_usage = bool(scope.get("state", {}).get("ember_strip_usage"))
+                self.strip_usage = bool(self.state.get("ember_strip_usage"))
                 if self._sse:
                     message = {**message, "body": self._see_events(body)}
                 elif len(self._json) < 4_000_000:

@@ -31,11 +31,26 @@ USAGE = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("ts", sa.Float, nullable=False, index=True),
     sa.Column("key_id", sa.Integer, sa.ForeignKey("api_keys.id"), nullable=True, index=True),
-    sa.Column("model", sa.String(256), nullable=True),
+    sa.Column("model", sa.String(256), nullable=True),  # as the client named it (rag:docs)
+    sa.Column("served_model", sa.String(256), nullable=True),  # the LLM that generated
     sa.Column("route", sa.String(128), nullable=False),
     sa.Column("status", sa.Integer, nullable=False),
     sa.Column("prompt_tokens", sa.Integer, nullable=False, server_default="0"),
     sa.Column("completion_tokens", sa.Integer, nullable=False, server_default="0"),
     sa.Column("latency_s", sa.Float, nullable=False),
     sa.Column("ttft_s", sa.Float, nullable=True),
+)
+
+# Replica cost over one sampling interval, split among the keys by their tokens in
+# it; an interval with no tokens is one row with key_id NULL (idle cost).
+SPEND = sa.Table(
+    "spend", METADATA,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("ts", sa.Float, nullable=False, index=True),
+    sa.Column("model", sa.String(256), nullable=False),
+    sa.Column("key_id", sa.Integer, sa.ForeignKey("api_keys.id"), nullable=True, index=True),
+    sa.Column("replicas", sa.Float, nullable=False),
+    sa.Column("seconds", sa.Float, nullable=False),
+    sa.Column("tokens", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("usd", sa.Float, nullable=False),
 )

@@ -82,6 +82,9 @@ class ModelDeploymentConfig(_Strict):
     stream_batching_interval_ms: float | None = Field(
         None, ge=0, description="Ray Serve LLM packs streamed tokens for this long (default 50)"
     )
+    usd_per_hour: float | None = Field(
+        None, ge=0, description="price of one replica per hour (cost accounting)"
+    )
 
 
 class IngressConfig(_Strict):

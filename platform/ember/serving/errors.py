@@ -21,8 +21,12 @@ _RAY_WRAPPED = re.compile(
 _PARAM = re.compile(r"\(parameter=(?P<param>[\w.]+)")
 _TYPES = {
     400: "invalid_request_error",
+    401: "authentication_error",
+    402: "insufficient_quota",
+    403: "permission_error",
     404: "not_found_error",
     408: "timeout_error",
+    413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
 }

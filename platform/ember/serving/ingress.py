@@ -34,9 +34,9 @@ from ember.serving.errors import openai_error
 
 class EmberIngress(OpenAiIngress):
     def __init__(self, llm_deployments, model_cards, *, access: dict | None = None,
-                 **kwargs) -> None:
+                 prices: dict[str, float] | None = None, **kwargs) -> None:
         super().__init__(llm_deployments, model_cards, **kwargs)
-        self.gate = AccessGate(AccessConfig(**(access or {})))
+        self.gate = AccessGate(AccessConfig(**(access or {})), prices)
         install_gate(self.gate)
 
     def _refusal(self, request: Request, body, *models: str | None) -> Response | None:
@@ -51,6 +51,7 @@ class EmberIngress(OpenAiIngress):
 
     async def _chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         """Ray's chat route, after Ember's checks (internal calls come here directly)."""
+        request.state.ember_served_model = body.model  # the usage row's LLM (RAG: the answerer)
         return await OpenAiIngress.chat(self, with_usage(body, request), request)
 
     async def _get_model_id(self, model: str | None) -> str:

@@ -112,4 +112,6 @@ def build_ingress_app(config: LLMAppConfig, ingress_cls, endpoint_map: dict, nam
     return serve.deployment(ingress, name=name, **ingress_options(config.ingress)).bind(
         llm_deployments={c.model_id: build_llm_deployment(c) for c in llm_configs},
         model_cards={c.model_id: to_model_metadata(c.model_id, c) for c in llm_configs},
-        lora_paths={}, access=config.access.model_dump(), **ingress_kwargs)
+        lora_paths={}, access=config.access.model_dump(),
+        prices={m.name: m.usd_per_hour for m in config.models if m.usd_per_hour is not None},
+        **ingress_kwargs)

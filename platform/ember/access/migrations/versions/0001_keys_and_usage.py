@@ -1,4 +1,4 @@
-"""API keys and usage records.
+"""API keys, usage records and spend (replica cost allocated to keys).
 
 Revision ID: 0001
 Revises:
@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.Column("key_id", sa.Integer, sa.ForeignKey("api_keys.id"), nullable=True,
                   index=True),
         sa.Column("model", sa.String(256), nullable=True),
+        sa.Column("served_model", sa.String(256), nullable=True),
         sa.Column("route", sa.String(128), nullable=False),
         sa.Column("status", sa.Integer, nullable=False),
         sa.Column("prompt_tokens", sa.Integer, nullable=False, server_default="0"),
@@ -43,8 +44,21 @@ def upgrade() -> None:
         sa.Column("latency_s", sa.Float, nullable=False),
         sa.Column("ttft_s", sa.Float, nullable=True),
     )
+    op.create_table(
+        "spend",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("ts", sa.Float, nullable=False, index=True),
+        sa.Column("model", sa.String(256), nullable=False),
+        sa.Column("key_id", sa.Integer, sa.ForeignKey("api_keys.id"), nullable=True,
+                  index=True),
+        sa.Column("replicas", sa.Float, nullable=False),
+        sa.Column("seconds", sa.Float, nullable=False),
+        sa.Column("tokens", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("usd", sa.Float, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("spend")
     op.drop_table("usage")
     op.drop_table("api_keys")
