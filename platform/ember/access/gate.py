@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse
 
 from ember.access.config import AccessConfig
 from ember.access.keys import KEY_PREFIX, ApiKey, KeyLookup
+from ember.access.telemetry import observe
 from ember.serving.errors import openai_error
 
 logger = logging.getLogger("ember.access")
@@ -138,6 +139,7 @@ class AccessGate:
                "ttft_s": meter.first_byte - started if meter.first_byte else None}
         # The price travels with the row, so a restarted keeper relearns it from traffic.
         self.keeper.record.remote(row, self.prices.get(row["served_model"]))
+        observe(row, key.name if key else "-")
 
 
 def _unauthorized(message: str) -> JSONResponse:

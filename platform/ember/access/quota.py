@@ -106,6 +106,9 @@ class QuotaKeeper:
         self.prices: dict[str, float] = dict(prices or {})  # model -> USD per replica-hour
         self.interval_tokens: dict[str, dict[int | None, int]] = defaultdict(
             lambda: defaultdict(int))
+        self.interval_requests: dict[str, int] = defaultdict(int)
+        self.recent: deque[tuple] = deque()  # (ts, model, usd, requests, tokens), 15 min
+        self.key_names: dict[int, str] = {}
         self.spent = self._load_spent()  # key_id -> USD so far (budgets)
         self.sample_s, self.last_sample = sample_s, time.time()
         self._tasks: list[asyncio.Task] = []
@@ -129,6 +132,7 @@ class QuotaKeeper:
             self.windows.spend(row["key_id"], spent, row["ts"])
         if row.get("served_model"):
             self.interval_tokens[row["served_model"]][row.get("key_id")] += spent
+            self.interval_requests[row["served_model"]] += 1
 
     async def set_prices(self, prices: dict[str, float]) -> None:
         """USD per replica-hour of served models (each ingress replica sends its app's)."""
@@ -161,7 +165,46 @@ class QuotaKeeper:
                     self.spent[key_id] = self.spent.get(key_id, 0.0) + share
         await self.flush()  # usage rows first: spend rows refer to the same keys
         await asyncio.to_thread(self._insert, SPEND, rows)
+        await asyncio.to_thread(self._export, rows, counts, now)
         return rows
+
+    def _export(self, rows: list[dict], counts: dict[str, int], now: float) -> None:
+        """The interval into Prometheus: cost per key, replicas, 15-minute unit costs."""
+        from ember.access.telemetry import cost_metrics
+
+        m = cost_metrics()
+        for row in rows:
+            if row["usd"] > 0:
+                m["cost"].inc(row["usd"], {"model": row["model"],
+                                           "key": self._key_name(row["key_id"])})
+        for model in self.prices:
+            m["replicas"].set(counts.get(model, 0), {"model": model})
+            requests = self.interval_requests.pop(model, 0)
+            tokens = sum(r["tokens"] for r in rows if r["model"] == model)
+            usd = sum(r["usd"] for r in rows if r["model"] == model)
+            self.recent.append((now, model, usd, requests, tokens))
+        while self.recent and self.recent[0][0] < now - 900:
+            self.recent.popleft()
+        for model in self.prices:
+            usd, requests, tokens = (sum(r[i] for r in self.recent if r[1] == model)
+                                     for i in (2, 3, 4))
+            if requests:
+                m["per_1k"].set(1000 * usd / requests, {"model": model})
+            if tokens:
+                m["per_1m"].set(1e6 * usd / tokens, {"model": model})
+
+    def _key_name(self, key_id: int | None) -> str:
+        if key_id is None:
+            return "(idle)"
+        if key_id not in self.key_names:
+            import sqlalchemy as sa
+
+            from ember.access.schema import API_KEYS
+
+            with self.engine.connect() as connection:
+                self.key_names = dict(connection.execute(
+                    sa.select(API_KEYS.c.id, API_KEYS.c.name)).all())
+        return self.key_names.get(key_id, str(key_id))
 
     def _insert(self, table, rows: list[dict]) -> None:
         with self.engine.begin() as connection:

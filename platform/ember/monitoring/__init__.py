@@ -1,0 +1,1 @@
+"""Monitoring: a Prometheus that scrapes the Ray cluster, and Ember's Grafana dashboard."""

@@ -1,0 +1,71 @@
+"""A real Prometheus on the running service: every query of every dashboard panel has data.
+
+Skipped only where no `prometheus` binary exists (`.ci/run` installs Debian's).
+Prometheus scrapes Ray's service-discovered targets (every node's metrics
+agent: Ray's, vLLM's and Ember's metrics) every 2 s; the load below touches
+every panel: chats and streams by two keys, refusals, embeddings, and the
+keeper's cost intervals (cost_sample_s: 2 in this session).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from importlib.resources import files
+from pathlib import Path
+
+import httpx
+import pytest
+from ember.access.keys import create_key
+from ember.monitoring import prometheus
+from ember.monitoring.dashboard import all_queries
+
+from .conftest import MODEL, free_port
+
+pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
+                                reason=f"no prometheus binary: {prometheus.INSTALL_HINT}")
+
+
+@pytest.fixture(scope="module")
+def prometheus_url(ray_cluster, base_url, tmp_path_factory):
+    from ray._private.worker import global_worker
+
+    discovery = Path(global_worker.node.get_session_dir_path()) / \
+        "prom_metrics_service_discovery.json"
+    folder = tmp_path_factory.mktemp("prometheus")
+    url = prometheus.start(port=free_port(), scrape_s=2, folder=folder, discovery=discovery)
+    yield url
+    assert prometheus.stop(folder)
+
+
+def drive_load(base_url: str, keys: list[str]) -> None:
+    for key in keys:
+        headers = {"Authorization": f"Bearer {key}"}
+        for stream in (False, True):
+            body = {"model": MODEL, "max_tokens": 8, "stream": stream,
+                    "messages": [{"role": "user", "content": "Name a lake."}]}
+            with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body,
+                              headers=headers, timeout=300) as response:
+                assert response.status_code == 200
+                response.read()
+        httpx.post(f"{base_url}/v1/embeddings", headers=headers, timeout=60,
+                   json={"model": "all-minilm-l6-v2", "input": ["a lake"]})
+    assert httpx.get(f"{base_url}/v1/models", timeout=60).status_code == 401  # refused
+
+
+def test_every_dashboard_query_returns_data(prometheus_url, base_url, api_key, access_url):
+    second, _ = create_key(access_url, "dashboard-viewer")
+    board = json.loads(files("ember.monitoring").joinpath("grafana-dashboard.json").read_text())
+    queries = all_queries(board)
+    missing = queries
+    deadline = time.monotonic() + 240
+    while missing and time.monotonic() < deadline:
+        drive_load(base_url, [api_key, second])
+        time.sleep(5)
+        missing = [(title, expr) for title, expr in missing
+                   if not prometheus.query(prometheus_url, expr)]
+    assert not missing, f"panels without data after 4 minutes of load: {missing}"
+    by_key = prometheus.query(prometheus_url,
+                              "sum by (key) (ray_ember_requests_total)")
+    assert {"admin", "dashboard-viewer"} <= {r["metric"].get("key") for r in by_key}
