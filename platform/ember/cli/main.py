@@ -7,6 +7,7 @@ them, so `ember --help` and `ember chat` start in a fraction of a second.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import httpx
@@ -25,6 +26,7 @@ from ember.cli import (
     train_cmd,
     tune_cmd,
 )
+from ember.cluster.environment import CLIENT_ENV
 from ember.errors import EmberError
 
 
@@ -38,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything imports Ray: Ray reads RAY_AUTH_MODE once per process, and a
+    # Ray 2.60 head requires the token (a user's own setting wins).
+    for key, value in CLIENT_ENV.items():
+        os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0

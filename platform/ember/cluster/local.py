@@ -23,12 +23,12 @@ import sys
 import time
 from pathlib import Path
 
+from ember.cluster.environment import CLIENT_ENV
 from ember.config.paths import run_dir
 from ember.errors import ClusterError
 
 DASHBOARD_PORT = 8265
 GCS_PORT = 6379
-CLIENT_ENV = {"RAY_AUTH_MODE": "token", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def client_env() -> dict[str, str]:
