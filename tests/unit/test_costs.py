@@ -50,7 +50,7 @@ def test_report_figures_follow_the_formulas(tmp_path):
     assert report.break_even_requests() == pytest.approx(report.monthly(0.10) / 0.000375)
     by_key = load_report(url, since_s=3600, by="key", now=now)
     assert {(x.name, round(x.usd, 6)) for x in by_key.lines} == {("alice", 0.08),
-                                                                  ("(idle)", 0.02)}
+                                                                  ("(no key, or idle)", 0.02)}
     text = format_report(report, "model")
     assert "| m | 2 | 1000 | 1000 | 0.028 | 0.100000 | 0.050000 | 50.000000 | 50.000000 |" in text
     assert "break-even" in text

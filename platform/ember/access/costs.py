@@ -109,18 +109,24 @@ def _lines(connection, since: float, by: str) -> list[Line]:
             sa.select(usage_key, sa.func.count(), sa.func.sum(USAGE.c.prompt_tokens),
                       sa.func.sum(USAGE.c.completion_tokens))
             .where(USAGE.c.ts >= since).group_by(usage_key)):
-        lines[name] = Line(str(name), requests, prompt or 0, completion or 0)
+        lines[name] = Line(_label(name), requests, prompt or 0, completion or 0)
     for name, replica_s, usd in connection.execute(
             sa.select(spend_key, sa.func.sum(SPEND.c.replicas * SPEND.c.seconds),
                       sa.func.sum(SPEND.c.usd))
             .where(SPEND.c.ts >= since).group_by(spend_key)):
-        line = lines.setdefault(name, Line(str(name)))
+        line = lines.setdefault(name, Line(_label(name)))
         line.replica_s, line.usd = replica_s or 0.0, usd or 0.0
     if by == "key":
         names = dict(connection.execute(sa.select(API_KEYS.c.id, API_KEYS.c.name)).all())
         for key_id, line in lines.items():
-            line.name = names.get(key_id, "(no key)") if key_id is not None else "(idle)"
+            # No key: traffic of an app with auth off, and idle replica time.
+            line.name = names.get(key_id, str(key_id)) if key_id is not None \
+                else "(no key, or idle)"
     return sorted(lines.values(), key=lambda line: -line.usd)
+
+
+def _label(name) -> str:
+    return "(none)" if name is None else str(name)
 
 
 def format_report(report: Report, by: str) -> str:

@@ -245,12 +245,14 @@ class AccessMiddleware:
         if rejection is None:
             rejection = await gate.admit(key)
         meter = UsageMeter()
-        if rejection is not None:
-            await rejection(scope, receive, meter.wrap(send, scope))
-        else:
-            scope.setdefault("state", {})["ember_key"] = key
-            await self._run(scope, receive, send, gate, meter)
-        gate.record(key, scope["path"], meter, started)
+        try:
+            if rejection is not None:
+                await rejection(scope, receive, meter.wrap(send, scope))
+            else:
+                scope.setdefault("state", {})["ember_key"] = key
+                await self._run(scope, receive, send, gate, meter)
+        finally:  # a stream the client abandoned is recorded too (status as sent)
+            gate.record(key, scope["path"], meter, started)
 
     async def _run(self, scope, receive, send, gate: AccessGate, meter: UsageMeter) -> None:
         received = 0
