@@ -6,7 +6,7 @@ import pytest
 import yaml
 from ember.cluster.serve_config import APP_ARG_SCHEMAS, cpus_needed, load_serve_config
 from ember.config.loading import ConfigError, validate
-from ember.serving.config import LLMAppConfig
+from ember.serving.rag_config import RAGAppConfig
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 SERVE_CONFIGS = sorted((CLUSTER / "serve").glob("*.yaml"))
@@ -15,6 +15,7 @@ SERVE_CONFIGS = sorted((CLUSTER / "serve").glob("*.yaml"))
 def test_every_yaml_in_cluster_is_covered():
     covered = set(SERVE_CONFIGS) | {CLUSTER / "ray-cluster.yaml"}
     covered |= set((CLUSTER / "jobs").glob("*.yaml"))
+    covered |= set((CLUSTER / "k8s").glob("*.yaml"))  # test_k8s_manifests
     assert set(CLUSTER.rglob("*.yaml")) <= covered
 
 
@@ -31,7 +32,10 @@ def test_serve_config_is_valid_for_ray_and_ember(path):
 
 def test_multi_gpu_config_is_tensor_parallel_and_autoscaled():
     app = load_serve_config(CLUSTER / "serve" / "multi-gpu.yaml")["applications"][0]
-    model = validate(LLMAppConfig, app["args"]).models[0]
+    args = validate(RAGAppConfig, app["args"])
+    assert app["import_path"] == "serve_apps.rag:build_app"
+    assert args.rag.milvus_uri.startswith("http://")  # a Milvus server, not Lite
+    model = args.models[0]
     assert model.engine.tensor_parallel_size == 2 and model.accelerator_type
     assert (model.autoscaling.min_replicas, model.autoscaling.max_replicas) == (1, 4)
     assert all(b.get("GPU") == 1 for b in model.placement.bundles)

@@ -22,7 +22,8 @@ class AccessConfig(_Strict):
     auth: bool = Field(True, description="require `Authorization: Bearer <key>` on every "
                                          "route but /health")
     database_url: str | None = Field(None, description="SQLAlchemy URL of the keys and usage "
-                                     "database; default: SQLite under $EMBER_HOME/access")
+                                     "database; default: EMBER_ACCESS_DATABASE_URL, else "
+                                     "SQLite under $EMBER_HOME/access")
     key_cache_s: float = Field(2.0, ge=0, description="how long a replica trusts a key lookup "
                                "(a revocation takes effect within this)")
     limits: RequestLimits = Field(default_factory=RequestLimits)
@@ -30,6 +31,8 @@ class AccessConfig(_Strict):
                                  "cost accounting (each model's `usd_per_hour`)")
 
     def url(self) -> str:
+        """The config's URL, else EMBER_ACCESS_DATABASE_URL (a Kubernetes Secret, say),
+        else SQLite under $EMBER_HOME/access."""
         from ember.access.store import default_url
 
         return self.database_url or default_url()

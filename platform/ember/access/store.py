@@ -26,9 +26,13 @@ class AccessStoreError(EmberError):
 
 
 def default_url() -> str:
+    """EMBER_ACCESS_DATABASE_URL, else SQLite under $EMBER_HOME/access."""
+    import os
+
     from ember.config.paths import ember_home
 
-    return f"sqlite:///{ember_home() / 'access' / 'ember.db'}"
+    return (os.environ.get("EMBER_ACCESS_DATABASE_URL")
+            or f"sqlite:///{ember_home() / 'access' / 'ember.db'}")
 
 
 def engine_for(url: str) -> sa.Engine:
