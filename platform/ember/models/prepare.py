@@ -95,7 +95,10 @@ def convert_gguf(src_dir: Path, gguf_file: str, out_dir: Path, progress: Progres
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
+    # Ember's step lines show the progress; transformers' per-tensor bars are noise here.
+    transformers_logging.disable_progress_bar()
     quantized = _step(
         progress,
         f"loading {gguf_file} (de-quantizing)",
