@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from ember.access.schema import API_KEYS, SPEND, USAGE
-from ember.access.store import engine_for
+from ember.access.store import opened
 
 MONTH_S = 30 * 86400
 # The documents' comparison: GPT-4o-mini, USD per 1M input / output tokens.
@@ -87,14 +87,11 @@ def load_report(url: str, since_s: float, by: str = "model",
     """The period's spend and usage, one line per model or per key."""
     now = now or time.time()
     since = now - since_s
-    engine = engine_for(url)
-    try:
+    with opened(url) as engine:
         with engine.connect() as connection:
             lines = _lines(connection, since, by)
             first = connection.execute(sa.select(sa.func.min(SPEND.c.ts - SPEND.c.seconds))
                                        .where(SPEND.c.ts >= since)).scalar()
-    finally:
-        engine.dispose()
     covered = now - max(since, first) if first is not None else 0.0
     return Report(since=since, covered_s=covered, lines=lines, hosted=hosted)
 

@@ -8,8 +8,9 @@ Per request, in order:
    arrives and cut off at the limit);
 2. `Authorization: Bearer <key>`: missing, malformed, unknown or revoked
    -> 401 (a replica caches lookups for `key_cache_s`);
-3. the key's requests/min and tokens/min, through the shared `QuotaKeeper`
-   (429 with Retry-After) - only for keys that have such limits;
+3. the key's requests/min, tokens/min and budget, through the shared
+   `QuotaKeeper` (429 with Retry-After; 402 for a spent budget) - only for
+   keys that have such limits;
 4. the route runs; the ingress checks the parsed body's model (403) and the
    per-request ceilings (`n`, `max_tokens`, embeddings inputs: 400);
 5. afterwards one usage row (key, model, the LLM that served it, route,

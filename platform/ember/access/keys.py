@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from ember.access.schema import API_KEYS
-from ember.access.store import AccessStoreError, engine_for, migrate
+from ember.access.store import AccessStoreError, engine_for, migrate, opened
 
 KEY_PREFIX = "ek-"
 
@@ -63,15 +63,12 @@ def create_key(url: str, name: str, *, rpm: int | None = None, tpm: int | None =
     row = {"name": name, "key_hash": hash_key(key), "prefix": key[:10],
            "created_at": time.time(), "rpm": rpm, "tpm": tpm, "budget_usd": budget_usd,
            "models": list(models) if models else None, "admin": admin}
-    engine = engine_for(url)
-    try:
+    with opened(url) as engine:
         with engine.begin() as connection:
             if connection.execute(sa.select(API_KEYS.c.id).where(API_KEYS.c.name == name)).first():
                 raise AccessStoreError(f"a key named '{name}' already exists; revoke it "
                                        f"(`ember keys revoke {name}`) or choose another name")
             key_id = connection.execute(API_KEYS.insert().values(**row)).inserted_primary_key[0]
-    finally:
-        engine.dispose()
     return key, lookup_id(url, key_id)
 
 
@@ -86,28 +83,21 @@ def _check_limits(name, rpm, tpm, budget_usd, models) -> None:
 
 
 def lookup_id(url: str, key_id: int) -> ApiKey:
-    engine = engine_for(url)
-    try:
+    with opened(url) as engine:
         with engine.connect() as connection:
             row = connection.execute(sa.select(API_KEYS).where(API_KEYS.c.id == key_id)).one()
-    finally:
-        engine.dispose()
     return ApiKey.from_row(row)
 
 
 def list_keys(url: str) -> list[ApiKey]:
-    engine = engine_for(url)
-    try:
+    with opened(url) as engine:
         with engine.connect() as connection:
             rows = connection.execute(sa.select(API_KEYS).order_by(API_KEYS.c.id)).all()
-    finally:
-        engine.dispose()
     return [ApiKey.from_row(row) for row in rows]
 
 
 def revoke(url: str, name: str) -> ApiKey:
-    engine = engine_for(url)
-    try:
+    with opened(url) as engine:
         with engine.begin() as connection:
             row = connection.execute(sa.select(API_KEYS).where(API_KEYS.c.name == name)).first()
             if row is None:
@@ -115,8 +105,6 @@ def revoke(url: str, name: str) -> ApiKey:
             if row.revoked_at is None:
                 connection.execute(API_KEYS.update().where(API_KEYS.c.id == row.id)
                                    .values(revoked_at=time.time()))
-    finally:
-        engine.dispose()
     return lookup_id(url, row.id)
 
 

@@ -12,6 +12,7 @@ Design choices:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -49,6 +50,16 @@ def engine_for(url: str) -> sa.Engine:
         cursor.close()
 
     return engine
+
+
+@contextmanager
+def opened(url: str):
+    """An engine for a few statements, disposed after (CLI commands, reports)."""
+    engine = engine_for(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def _alembic_config(url: str):

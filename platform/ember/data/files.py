@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
 
 from ember.data.readers import Skipped
@@ -27,3 +28,11 @@ def expand_paths(paths: list[str]) -> tuple[list[Path], list[Skipped]]:
 
 def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def file_size(path: str) -> int:
+    """Bytes of a file; 0 if it cannot be read (it is then skipped with a reason later)."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0

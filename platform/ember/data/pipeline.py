@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ember.data.config import IngestConfig
-from ember.data.files import expand_paths
+from ember.data.files import expand_paths, file_size
 from ember.data.readers import Skipped, file_hash
 
 
@@ -151,19 +151,13 @@ def _run_pipeline(todo: dict[str, str], config: IngestConfig, embedder_path: str
         num_cpus=config.embed_num_cpus, num_gpus=config.embed_num_gpus, batch_format="numpy")
     sink = MilvusDatasink(uri, config.milvus_token, config.collection, config.write_batch_size,
                           progress=tracker)
-    totals = Totals(files=len(items), bytes=sum(_size(path) for path in todo))
+    totals = Totals(files=len(items), bytes=sum(file_size(path) for path in todo))
     try:
         run_with_progress(lambda: dataset.write_datasink(sink), tracker, totals)
     finally:
         ray.kill(tracker)
     return sink.result
 
-
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
 
 
 def _commit(store, collection: str, todo: dict[str, str], result: dict,

@@ -7,11 +7,10 @@ that would fail the whole dataset.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from ember.data.chunking import chunk_text
+from ember.data.files import file_size
 from ember.data.readers import Skipped, read_file
 from ember.data.tokens import load_counter
 from ember.vectorstore.milvus import SOURCE_MAX
@@ -29,15 +28,9 @@ def read_and_chunk(row: dict, tokenizer_path: str, chunk_tokens: int, overlap_to
                        max_file_mb)
     if progress is not None:
         real = sum(1 for r in rows if not r["skip_reason"])
-        progress.file_read.remote(_size(row["path"]), real)
+        progress.file_read.remote(file_size(row["path"]), real)
     return rows
 
-
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
 
 
 def _chunk_rows(row: dict, tokenizer_path: str, chunk_tokens: int, overlap_tokens: int,
