@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Ember vs a plain `vllm serve` of the same model with the same engine settings,
-# on this machine, measured side by side in one `ember bench serve` run.
+# Ember vs a plain vLLM OpenAI server of the same model with the same engine settings,
+# on this machine, measured side by side in one `ember bench serve` run (targets
+# alternate within each round; medians over the rounds, ratio to plain vLLM).
 #
-#   make up && bash scripts/bench_serve_vs_vllm.sh [CONCURRENCY] [MAX_TOKENS]
+#   make up && bash scripts/bench_serve_vs_vllm.sh [LEVELS] [MAX_TOKENS] [ROUNDS]
+#   SOAK=300 bash scripts/bench_serve_vs_vllm.sh 64     # a 5-minute soak at 64 streams
 #
 # The engine settings mirror cluster/serve/local.yaml; keep them in step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LEVELS=${1:-1,32}
+LEVELS=${1:-1,32,64}
 MAX_TOKENS=${2:-64}
+ROUNDS=${3:-3}
 PORT=${VLLM_PORT:-8100}
 MODEL=smollm2-135m-instruct
 FOLDER=$(.venv/bin/python -c "from ember.models import resolve_model; print(resolve_model('$MODEL'))" | tail -1)
@@ -31,7 +34,11 @@ for _ in $(seq 1 120); do
   sleep 5
 done
 
-.venv/bin/ember bench serve \
-  --target "ember=http://127.0.0.1:8000@$MODEL" \
-  --target "vllm=http://127.0.0.1:$PORT@$MODEL" \
-  --concurrency "$LEVELS" --max-tokens "$MAX_TOKENS" --json "$OUT/serve.json"
+TARGETS=(--target "ember=http://127.0.0.1:8000@$MODEL" --target "vllm=http://127.0.0.1:$PORT@$MODEL")
+if [ -n "${SOAK:-}" ]; then
+  .venv/bin/ember bench serve "${TARGETS[@]}" --concurrency "$LEVELS" --max-tokens "$MAX_TOKENS" \
+    --duration "$SOAK" --json "$OUT/soak.json"
+else
+  .venv/bin/ember bench serve "${TARGETS[@]}" --concurrency "$LEVELS" --max-tokens "$MAX_TOKENS" \
+    --repeat "$ROUNDS" --baseline vllm --json "$OUT/serve.json"
+fi

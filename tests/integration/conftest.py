@@ -31,8 +31,12 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    import ray
+    import os
 
+    import ray
+    from ember.cluster.environment import NODE_ENV
+
+    os.environ.update(NODE_ENV)  # as `ember up` starts its head: the proxy's stream guard
     ray.init(address="local", num_cpus=8, include_dashboard=True, dashboard_port=free_port(),
              log_to_driver=False)
     yield ray
@@ -103,8 +107,9 @@ def serve_config(milvus_uri, access_url) -> dict:
     assert args["access"]["auth"] is True  # the shipped config guards the service
     args["access"]["database_url"] = access_url
     args["access"]["cost_sample_s"] = 2  # budgets are charged within seconds (test_access)
-    # Two ingress replicas: per-key limits must hold across them (test_access).
-    args["ingress"].update(min_replicas=2, max_replicas=2)
+    # Two engine replicas (each answers HTTP): per-key limits must hold across them
+    # (test_access), and one of them is killed under load (test_serving_faults).
+    args["models"][0]["autoscaling"].update(min_replicas=2, max_replicas=2)
     assert args["rag"]["default_collection"] == COLLECTION
     return config
 

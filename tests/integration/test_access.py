@@ -1,6 +1,6 @@
 """API keys, limits and usage records against the real service.
 
-The session deploys the shipped config (auth on) with two ingress replicas
+The session deploys the shipped config (auth on) with two engine replicas
 (conftest), so the per-key limits are shown to hold across replicas: they are
 counted in the shared QuotaKeeper actor, not in one replica's memory.
 """

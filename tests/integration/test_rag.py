@@ -105,7 +105,7 @@ def test_health_and_metrics(base_url):
     health = httpx.get(f"{base_url}/health", timeout=60).json()
     assert health["status"] == "ok" and COLLECTION in health["collections"]
     assert health["embedder"] == {"embedder": "all-minilm-l6-v2", "dim": 384}
-    # /metrics is per ingress replica and the session runs two: retrieve and scrape
+    # /metrics is per serving replica and the session runs two: retrieve and scrape
     # until the scrape lands on a replica that served a retrieve.
     for _ in range(12):
         httpx.post(headers=AUTH(), url=f"{base_url}/v1/retrieve", json={"query": "fares"},

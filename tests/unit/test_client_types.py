@@ -10,6 +10,15 @@ def test_sse_events_stop_at_done_and_skip_noise():
     assert list(t.sse_events(lines)) == [{"choices": [{"delta": {"content": "Hi"}}]}]
 
 
+def test_a_stream_cut_before_done_raises():
+    lines = ['data: {"choices": [{"delta": {"content": "Hi"}}]}']
+    events = t.sse_events(lines)
+    assert next(events) == {"choices": [{"delta": {"content": "Hi"}}]}
+    with pytest.raises(t.EmberAPIError, match="incomplete") as info:
+        next(events)
+    assert info.value.status_code == 502
+
+
 def test_chat_stream_collects_text_usage_and_finish_reason():
     stream = t.ChatStream()
     assert stream.consume({"model": "m", "choices": [{"delta": {"content": "Pa"}}]}) == "Pa"

@@ -77,5 +77,6 @@ def test_cli_arguments_are_checked():
             {"target": "ember", "output_tok_s": 240.0, "errors": 0},
             {"target": "vllm", "output_tok_s": 300.0, "errors": 0}]
     assert best_throughput(rows, "ember") == 240.0
+    assert best_throughput({"runs": rows, "medians": rows[1:]}, "vllm") == 300.0
     assert Line("x").per_request() is None
 

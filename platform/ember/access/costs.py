@@ -188,8 +188,13 @@ def estimate(users: int, messages_per_day: float, input_tokens: int, output_toke
                     break_even)
 
 
-def best_throughput(bench_rows: list[dict], target: str | None = None) -> float:
-    """The highest output tok/s of an `ember bench serve --json` result (one target)."""
+def best_throughput(bench: list[dict] | dict, target: str | None = None) -> float:
+    """The highest output tok/s of an `ember bench serve --json` result (one target).
+
+    The file holds {"runs": [...], "medians": [...]}; the medians are used
+    (a plain list of rows, the older format, is read too)."""
+    bench_rows = bench.get("medians") or bench.get("runs") or [] \
+        if isinstance(bench, dict) else bench
     rows = [r for r in bench_rows if target is None or r.get("target") == target]
     if not rows:
         raise ValueError(f"no rows for target {target!r} in the benchmark file")

@@ -117,11 +117,11 @@ class AccessGate:
 
     def check_generation(self, body) -> JSONResponse | None:
         n = getattr(body, "n", None) or 1
-        if n > self.limits.max_n:
+        if isinstance(n, int) and n > self.limits.max_n:
             return _over("n", n, self.limits.max_n)
         for field in ("max_tokens", "max_completion_tokens"):
             value = getattr(body, field, None)
-            if value is not None and value > self.limits.max_tokens:
+            if isinstance(value, int) and value > self.limits.max_tokens:
                 return _over(field, value, self.limits.max_tokens)
         return None
 

@@ -20,9 +20,17 @@ def register(commands) -> None:
         help="a server to measure; repeat to compare in one run",
     )
     serve.add_argument("--model", help="model id for targets that do not name one")
-    serve.add_argument("--concurrency", default="1,32", help="comma-separated levels")
+    serve.add_argument("--concurrency", default="1,32,64,128", help="comma-separated levels")
     serve.add_argument("--requests", type=int, help="requests per level (default 2x, min 8)")
     serve.add_argument("--max-tokens", type=int, default=64)
+    serve.add_argument("--repeat", type=int, default=1,
+                       help="rounds per level (targets alternate); medians are reported")
+    serve.add_argument("--baseline", metavar="LABEL",
+                       help="target the medians are compared with (tok/s ratio, TTFT overhead)")
+    serve.add_argument("--duration", type=float, metavar="SECONDS",
+                       help="a soak instead: each target at the (single) concurrency for this "
+                            "long, reported per --window")
+    serve.add_argument("--window", type=float, default=60, metavar="SECONDS")
     serve.add_argument("--json", help="also write the rows to this JSON file")
     serve.set_defaults(func=run_serve)
     ingest = sub.add_parser("ingest", help="ingestion throughput vs bare encoding; search latency")
@@ -55,16 +63,45 @@ def parse_target(spec: str, default_model: str | None):
 
 
 def run_serve(args) -> int:
-    from ember.bench.serve_bench import format_table, run_bench
+    from ember.bench.serve_bench import MEDIAN_COLUMNS, format_table, medians, run_bench
 
     targets = [parse_target(t, args.model) for t in args.target]
     levels = [int(x) for x in args.concurrency.split(",")]
-    rows = asyncio.run(run_bench(targets, levels, args.requests, args.max_tokens))
+    if args.duration:
+        return run_soak(args, targets, levels)
+    if args.baseline and args.baseline not in {t.label for t in targets}:
+        raise EmberError(f"--baseline '{args.baseline}' is not one of the targets' labels")
+    rows = asyncio.run(run_bench(targets, levels, args.requests, args.max_tokens,
+                                 repeat=args.repeat))
     print(format_table(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+    summary = medians(rows, args.baseline)
+    if args.repeat > 1 or args.baseline:
+        print(f"\nmedians over {args.repeat} round(s)"
+              + (f", compared with '{args.baseline}'" if args.baseline else "") + ":")
+        print(format_table(summary, MEDIAN_COLUMNS))
+    _write_json(args.json, {"runs": rows, "medians": summary})
     return 0
+
+
+def run_soak(args, targets, levels) -> int:
+    from ember.bench.serve_bench import SOAK_COLUMNS, format_table, soak
+
+    if len(levels) != 1:
+        raise EmberError("--duration runs one concurrency level: pass --concurrency N")
+    rows = []
+    for target in targets:
+        print(f"  {target.label}: {levels[0]} streams for {args.duration:.0f}s ...")
+        rows += asyncio.run(soak(target, levels[0], args.duration, args.max_tokens,
+                                 args.window))
+    print(format_table(rows, SOAK_COLUMNS))
+    _write_json(args.json, {"soak": rows})
+    return 0 if not any(r["errors"] for r in rows) else 1
+
+
+def _write_json(path: str | None, data: dict) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(data, f, indent=2)
 
 
 def run_ingest_bench(args) -> int:

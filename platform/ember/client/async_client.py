@@ -95,6 +95,7 @@ class AsyncClient:
                     return
                 if event is not None:
                     yield event
+        raise t.stream_cut()
 
     async def _post(self, path: str, body: dict) -> dict:
         response = await self._http.post(path, json=body)

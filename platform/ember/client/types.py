@@ -185,13 +185,22 @@ def parse_models(payload: dict[str, Any]) -> list[ModelInfo]:
 
 
 def sse_events(lines: Iterable[str]) -> Iterable[dict[str, Any]]:
-    """Parse Server-Sent Events lines into JSON payloads, stopping at [DONE]."""
+    """Parse Server-Sent Events lines into JSON payloads, stopping at [DONE].
+
+    An error event raises `EmberAPIError`; so does a stream that ends without
+    [DONE] (its answer is incomplete, whatever cut it)."""
     for line in lines:
         event = parse_sse_line(line)
         if event is SSE_DONE:
             return
         if event is not None:
             yield event
+    raise stream_cut()
+
+
+def stream_cut() -> EmberAPIError:
+    return EmberAPIError(502, "The stream ended before [DONE]: the answer is incomplete.",
+                         "server_error")
 
 
 SSE_DONE = object()  # sentinel: the stream said [DONE]

@@ -7,3 +7,18 @@ hub is assumed; no usage stats.
 """
 
 CLIENT_ENV = {"RAY_AUTH_MODE": "token", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+
+# What a Ray node serving Ember needs from the start (`ray start` reads it once;
+# the cluster files set the same for `ray up` and KubeRay):
+# - Serve's proxy loads Ember's stream guard: a stream whose replica died ends
+#   with an error event, not silently (ember.serving.stream_guard);
+# - workers at the raylet's priority: Ray starts them at nice 15, so on a small
+#   machine the engine lost CPU to Ray's own daemons and to the clients it serves
+#   (README: "Serving hot path");
+# - a dead worker's process group is killed with it: a SIGKILLed engine replica
+#   would otherwise leave its vLLM engine processes (GBs each) running.
+NODE_ENV = {
+    "RAY_process_group_cleanup_enabled": "true",
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "ember.serving.stream_guard:proxy_middlewares",
+    "RAY_worker_niceness": "0",
+}

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from ember.cluster.environment import CLIENT_ENV
+from ember.cluster.environment import CLIENT_ENV, NODE_ENV
 from ember.config.paths import run_dir
 from ember.errors import ClusterError
 
@@ -91,7 +91,8 @@ def start_head(num_cpus: int, progress=print) -> None:
         f"--dashboard-port={DASHBOARD_PORT}",
         "--disable-usage-stats",
     ]
-    result = subprocess.run(cmd, env=client_env(), capture_output=True, text=True)
+    result = subprocess.run(cmd, env={**NODE_ENV, **client_env()}, capture_output=True,
+                            text=True)
     if result.returncode != 0:
         raise ClusterError(f"`ray start --head` failed:\n{result.stdout}{result.stderr}")
     _write_state({"started_by_ember": True, "num_cpus": num_cpus, "started_at": time.time()})

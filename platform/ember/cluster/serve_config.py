@@ -66,7 +66,7 @@ def cpus_needed(config: dict[str, Any]) -> int:
 
     Logical CPUs are Ray's scheduling budget, not cores (STACK.md): a head
     started with too few leaves replicas unscheduled. Each LLM replica takes
-    its placement bundles plus its own actor; the ingress its `num_cpus`; a
+    its placement bundles plus its own actor (which also serves HTTP); a
     RAG app also its embeddings deployment.
     """
     total = 0.0
@@ -83,5 +83,4 @@ def cpus_needed(config: dict[str, Any]) -> int:
             )
             per_replica = sum(b.get("CPU", 0) for b in bundles) + 1
             total += per_replica * model.autoscaling.max_replicas
-        total += llm.ingress.num_cpus * llm.ingress.max_replicas
     return math.ceil(total)

@@ -35,7 +35,10 @@ class EngineConfig(_Strict):
     enforce_eager: bool = Field(
         False, description="skip torch.compile: faster start, slower decode"
     )
-    enable_prefix_caching: bool | None = None
+    enable_prefix_caching: bool | None = Field(
+        None, description="reuse the KV cache of shared prompt prefixes (vLLM's default: on)")
+    enable_chunked_prefill: bool | None = Field(
+        None, description="split long prompts across steps beside decodes (vLLM's default: on)")
     extra: dict[str, Any] = Field(default_factory=dict, description="passed to vLLM unchanged")
 
     def to_engine_kwargs(self) -> dict[str, Any]:
@@ -78,20 +81,17 @@ class ModelDeploymentConfig(_Strict):
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     accelerator_type: str | None = Field(None, description="e.g. H100; None on CPU")
     max_ongoing_requests: int = Field(64, gt=0, description="per replica, before queueing")
+    max_queued_requests: int | None = Field(
+        None, gt=0, description="requests waiting for a replica (per proxy) beyond which new "
+                                "ones get 503 with Retry-After; None: no limit")
     env: dict[str, str] = Field(default_factory=dict, description="env vars of the replicas")
     stream_batching_interval_ms: float | None = Field(
-        None, ge=0, description="Ray Serve LLM packs streamed tokens for this long (default 50)"
+        None, ge=0, description="streams of this model to RAG answers served by another "
+                                "model's replica are packed for this long (Ray's default 50)"
     )
     usd_per_hour: float | None = Field(
         None, ge=0, description="price of one replica per hour (cost accounting)"
     )
-
-
-class IngressConfig(_Strict):
-    num_cpus: float = Field(0.5, ge=0)
-    max_ongoing_requests: int = Field(512, gt=0)
-    min_replicas: int = Field(1, ge=1)
-    max_replicas: int = Field(2, ge=1)
 
 
 class LLMAppConfig(_Strict):
@@ -100,7 +100,6 @@ class LLMAppConfig(_Strict):
     models: list[ModelDeploymentConfig] = Field(
         default_factory=lambda: [ModelDeploymentConfig()], min_length=1
     )
-    ingress: IngressConfig = Field(default_factory=IngressConfig)
     access: AccessConfig = Field(default_factory=AccessConfig)
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ OpenAI route of Ray's ingress keeps working unchanged.
 from __future__ import annotations
 
 import typing
+from types import SimpleNamespace
 
 from fastapi import HTTPException, Request
 from ray.llm._internal.serve.core.configs.openai_api_models import (
@@ -24,12 +25,14 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
     EmbeddingRequest,
     OpenAIHTTPException,
 )
-from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress
+from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS, OpenAiIngress
 from starlette.responses import Response
 
 from ember.access.config import AccessConfig
 from ember.access.gate import AccessGate, install_gate
 from ember.serving.errors import openai_error
+
+ENDPOINTS = DEFAULT_ENDPOINTS  # Ray's OpenAI routes; `engine_server.routes_app` binds them
 
 
 class EmberIngress(OpenAiIngress):
@@ -48,6 +51,13 @@ class EmberIngress(OpenAiIngress):
         count = 1 if isinstance(body.input, str) else len(body.input)
         return (self.gate.check_model(request_key(request), body.model)
                 or self.gate.check_embedding_inputs(count))
+
+    def hot_path_refusal(self, path: str, data: dict, key) -> Response | None:
+        """The checks of `chat`/`completions` on a raw body (`engine_server.HotPath`)."""
+        if path == "/v1/chat/completions" and data.get("messages") == []:
+            return _no_messages()
+        return (self.gate.check_model(key, data.get("model"))
+                or self.gate.check_generation(SimpleNamespace(**data)))
 
     async def _chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         """Ray's chat route, after Ember's checks (internal calls come here directly)."""
@@ -76,9 +86,7 @@ class EmberIngress(OpenAiIngress):
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         if not body.messages:
-            return openai_error(
-                400, "'messages' must contain at least one message.", param="messages"
-            )
+            return _no_messages()
         if refusal := self._refusal(request, body):
             return refusal
         return await self._chat(body, request)
@@ -100,6 +108,10 @@ class EmberIngress(OpenAiIngress):
             return openai_error(
                 exc.status_code, f"The model '{model}' does not exist.", param="model"
             )
+
+
+def _no_messages() -> Response:
+    return openai_error(400, "'messages' must contain at least one message.", param="messages")
 
 
 def with_usage(body, request: Request):

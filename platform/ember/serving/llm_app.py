@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ember.serving.config import IngressConfig, LLMAppConfig, ModelDeploymentConfig
-
-INGRESS_CLS = "ember.serving.ingress:EmberIngress"
+from ember.serving.config import LLMAppConfig, ModelDeploymentConfig
 
 
 def build_llm_config(model: ModelDeploymentConfig, resolve: bool = True):
@@ -49,7 +47,10 @@ def _placement(model: ModelDeploymentConfig) -> dict[str, Any] | None:
 
 def _deployment_options(model: ModelDeploymentConfig) -> dict[str, Any]:
     scaling = model.autoscaling.model_dump(exclude_none=True)
-    return {"autoscaling_config": scaling, "max_ongoing_requests": model.max_ongoing_requests}
+    options = {"autoscaling_config": scaling, "max_ongoing_requests": model.max_ongoing_requests}
+    if model.max_queued_requests is not None:
+        options["max_queued_requests"] = model.max_queued_requests
+    return options
 
 
 def _env_vars(model: ModelDeploymentConfig) -> dict[str, str]:
@@ -64,54 +65,41 @@ def _experimental(model: ModelDeploymentConfig) -> dict[str, Any]:
 
 
 def build_serving_args(config: LLMAppConfig, resolve: bool = True) -> dict[str, Any]:
-    """The `LLMServingArgs` for `build_openai_app`, with Ember's ingress."""
-    return {
-        "llm_configs": [build_llm_config(m, resolve) for m in config.models],
-        "ingress_cls_config": {"ingress_cls": INGRESS_CLS},
-        "ingress_deployment_config": ingress_options(config.ingress),
-    }
-
-
-def ingress_options(ingress: IngressConfig) -> dict[str, Any]:
-    """Serve deployment options of the ingress."""
-    return {
-        "max_ongoing_requests": ingress.max_ongoing_requests,
-        "autoscaling_config": {"min_replicas": ingress.min_replicas,
-                               "max_replicas": ingress.max_replicas},
-        "ray_actor_options": {"num_cpus": ingress.num_cpus},
-    }
+    """The models as Ray's `LLMServingArgs` (validated against Ray's own schema)."""
+    return {"llm_configs": [build_llm_config(m, resolve) for m in config.models]}
 
 
 def build_llm_app(config: LLMAppConfig):
-    from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
-
-    from ember.serving.ingress import EmberIngress
-
-    return build_ingress_app(config, EmberIngress, DEFAULT_ENDPOINTS, "OpenAiIngress")
+    return build_ingress_app(config, "ember.serving.ingress:EmberIngress",
+                             "ember.serving.ingress:ENDPOINTS")
 
 
-def build_ingress_app(config: LLMAppConfig, ingress_cls, endpoint_map: dict, name: str,
+def build_ingress_app(config: LLMAppConfig, ingress_cls: str, endpoint_map: str,
                       **ingress_kwargs):
-    """LLM deployments behind an Ember ingress whose FastAPI app has the access gate.
+    """The first model's engine deployment as the app's ingress (`engine_server`).
 
-    Ray's `build_openai_app` makes its own FastAPI app, with no way to add a
-    middleware; these few lines of its wiring are repeated with Ember's app
-    (Ray's app factory + `AccessMiddleware`) passed to `make_fastapi_ingress`.
+    Its replicas answer HTTP themselves: Ember's routes and the access gate run
+    in each of them, its own model's tokens go straight from vLLM's server code
+    to the Serve proxy. Other models are plain `LLMServer` deployments reached
+    through Serve handles. Deployment names stay `LLMServer:<model>` (the cost
+    sampler and `ember status` read them).
     """
     from ray import serve
     from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
-    from ray.llm._internal.serve.core.ingress.ingress import init, make_fastapi_ingress
     from ray.serve.llm import build_llm_deployment
 
-    from ember.access.gate import AccessMiddleware
+    from ember.serving.engine_server import EmberServer
 
-    llm_configs = [build_llm_config(m) for m in config.models]
-    app = init()
-    app.add_middleware(AccessMiddleware)  # outermost: runs before Ray's own middleware
-    ingress = make_fastapi_ingress(ingress_cls, endpoint_map=endpoint_map, app=app)
-    return serve.deployment(ingress, name=name, **ingress_options(config.ingress)).bind(
-        llm_deployments={c.model_id: build_llm_deployment(c) for c in llm_configs},
-        model_cards={c.model_id: to_model_metadata(c.model_id, c) for c in llm_configs},
-        lora_paths={}, access=config.access.model_dump(),
-        prices={m.name: m.usd_per_hour for m in config.models if m.usd_per_hour is not None},
-        **ingress_kwargs)
+    first, *others = [build_llm_config(m) for m in config.models]
+    ingress_kwargs = {
+        "access": config.access.model_dump(),
+        "prices": {m.name: m.usd_per_hour for m in config.models if m.usd_per_hour is not None},
+        "lora_paths": {}, **ingress_kwargs}
+    return build_llm_deployment(
+        first, name_prefix="LLMServer:", deployment_cls=serve.ingress()(EmberServer),
+        bind_kwargs={
+            "ingress_cls": ingress_cls, "endpoint_map": endpoint_map,
+            "other_models": {c.model_id: build_llm_deployment(c) for c in others},
+            "model_cards": {c.model_id: to_model_metadata(c.model_id, c)
+                            for c in [first, *others]},
+            "ingress_kwargs": ingress_kwargs})

@@ -12,15 +12,12 @@ from ember.serving.rag_config import RAGAppConfig
 
 
 def build_rag_app(config: RAGAppConfig):
-    from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
-
     from ember.models.catalogue import resolve_model
     from ember.serving.embeddings import build_embedder_deployment
-    from ember.serving.rag_ingress import RAG_ENDPOINTS, RAGIngress
 
     answering = config.answering_model()
     return build_ingress_app(
-        config, RAGIngress, {**DEFAULT_ENDPOINTS, **RAG_ENDPOINTS}, "RAGIngress",
+        config, "ember.serving.rag_ingress:RAGIngress", "ember.serving.rag_ingress:ENDPOINTS",
         embedder=build_embedder_deployment(config.rag.embedder, config.rag.embedder_num_cpus),
         rag=config.rag.model_dump(),
         answering={"model": answering.name, "tokenizer": resolve_model(answering.source),

@@ -22,6 +22,7 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
     ModelCard,
     ModelList,
 )
+from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
 from starlette.responses import JSONResponse, Response
 
 from ember.serving import streams
@@ -40,6 +41,7 @@ RAG_ENDPOINTS = {
     "health": lambda app: app.get("/health"),
     "metrics": lambda app: app.get("/metrics"),
 }
+ENDPOINTS = {**DEFAULT_ENDPOINTS, **RAG_ENDPOINTS}
 
 
 class RAGIngress(EmberIngress):

@@ -1,0 +1,187 @@
+"""The engine replica answers HTTP itself: Ember's serving hot path.
+
+Before, a streamed token crossed three processes: engine replica -> (Ray
+stream, batched every 50 ms) -> ingress replica -> (Ray stream) -> Serve proxy
+-> client. That cost latency (the batching) or throughput (no batching), and
+on a GPU it lost a quarter of plain vLLM's tokens/s (issue 11).
+
+Now the first model's deployment *is* the Serve ingress (Serve's late-bound
+ASGI ingress, the hook Ray's own direct streaming uses): each engine replica
+builds one ASGI app in its own process, with its own event loop:
+
+    AccessMiddleware (keys, limits, usage)         ember.access.gate
+      HotPath
+        POST /v1/chat/completions, /v1/completions for this replica's model
+          -> vLLM's own OpenAI server app on this replica's engine client
+             (the code a plain `vllm serve` runs; no Ray hop per token)
+        everything else (rag:* models, other models, /v1/models, /v1/retrieve,
+          /health, ...) -> Ember's routes (`EmberIngress` / `RAGIngress`), whose
+          calls to this replica's model run in-process (`LocalHandle`) and to
+          other models through Serve handles, as before.
+
+Serve still routes each request to a replica (power of two choices over
+replicas, autoscaling, placement groups for tensor parallelism): only the
+request is routed; the stream goes from vLLM's server code to the proxy in
+one hop, in whatever batches the proxy takes them.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+from ray.llm._internal.serve.core.server.llm_server import LLMServer
+
+HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+
+class EmberServer(LLMServer):
+    """An LLMServer whose replica also serves Ember's HTTP API (see the module doc)."""
+
+    async def __init__(self, llm_config, *, ingress_cls: str, endpoint_map: str,
+                   other_models: dict | None = None, model_cards: dict | None = None,
+                   ingress_kwargs: dict | None = None) -> None:
+        # Ember's routes first: their access gate refuses to start without the keys
+        # database, before minutes of engine start-up.
+        handles = {**(other_models or {}), llm_config.model_id: LocalHandle(self)}
+        self._ingress = _load(ingress_cls)(handles, dict(model_cards or {}),
+                                           **(ingress_kwargs or {}))
+        self._endpoint_map = _load(endpoint_map)
+        await super().__init__(llm_config)
+
+    async def unfinished_requests(self) -> int:
+        """Requests this replica's engine is still working on (through a Serve handle)."""
+        return self.engine._engine_client.get_num_unfinished_requests()
+
+    async def __serve_build_asgi_app__(self):
+        from ember.access.gate import AccessMiddleware
+
+        engine_app = await self.engine.build_asgi_app()
+        return AccessMiddleware(HotPath(self._llm_config.model_id, self._ingress, engine_app,
+                                        routes_app(self._ingress, self._endpoint_map)))
+
+
+class HotPath:
+    """Send this replica's model's generation requests straight to vLLM's app.
+
+    The body is read once here (the model decides the route); Ember's checks on
+    it (empty `messages`, the key's models, per-request ceilings) run first,
+    and a streamed request asks for usage (the gate meters it and strips the
+    event if the client did not ask for it), exactly as on Ember's own routes.
+    """
+
+    def __init__(self, model_id: str, ingress, engine_app, ember_app) -> None:
+        self.model_id, self.ingress = model_id, ingress
+        self.engine_app, self.ember_app = engine_app, ember_app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":  # vLLM's lifespan (its stats logger)
+            await self.engine_app(scope, receive, send)
+            return
+        if not (scope["type"] == "http" and scope["method"] == "POST"
+                and scope["path"] in HOT_PATHS):
+            await self.ember_app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        data = _json_object(body)
+        if data is None or data.get("model") != self.model_id:
+            await self.ember_app(scope, _replay(body, receive), send)
+            return
+        state = scope.setdefault("state", {})
+        state["ember_served_model"] = self.model_id
+        if refusal := self.ingress.hot_path_refusal(scope["path"], data,
+                                                    state.get("ember_key")):
+            await refusal(scope, receive, send)
+            return
+        if data.get("stream") and not (data.get("stream_options") or {}).get("include_usage"):
+            state["ember_strip_usage"] = True  # see ingress.with_usage
+            data["stream_options"] = {**(data.get("stream_options") or {}),
+                                      "include_usage": True}
+            body = json.dumps(data).encode()
+            scope = {**scope, "headers": _with_length(scope["headers"], len(body))}
+        await self.engine_app(scope, _replay(body, receive), send)
+
+
+class LocalHandle:
+    """A stand-in for a DeploymentHandle to this replica's own LLMServer.
+
+    Ray's ingress code calls `handle.options(stream=True).chat.remote(body,
+    raw_request_info)` and iterates the chunks; here that runs in-process, with
+    no stream batching (batching only pays across a Ray hop).
+    """
+
+    def __init__(self, server: LLMServer) -> None:
+        self._server = server
+
+    def options(self, **_: Any) -> LocalHandle:
+        return self
+
+    def __getattr__(self, method: str) -> SimpleNamespace:
+        async def stream(body, raw_request_info=None):
+            chunks = await self._server._run_request(
+                body, engine_method=method, batch_output_stream=False,
+                raw_request_info=raw_request_info)
+            async for chunk in chunks:
+                yield chunk
+
+        return SimpleNamespace(remote=stream)
+
+
+def routes_app(ingress, endpoint_map: dict):
+    """Ray's OpenAI FastAPI app (its error handling, CORS, request ids) with
+    `ingress`'s bound methods as the routes of `endpoint_map`."""
+    from ray.llm._internal.serve.core.ingress.ingress import init
+
+    app = init()
+    for method_name, route in endpoint_map.items():
+        route(app)(getattr(ingress, method_name))
+    return app
+
+
+async def _read_body(receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    """A `receive` that gives the already-read body, then the real messages
+    (so a client disconnect still reaches the app and aborts the request)."""
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+def _json_object(body: bytes) -> dict | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _with_length(headers, length: int) -> list:
+    kept = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+    return [*kept, (b"content-length", str(length).encode())]
+
+
+def _load(path_or_obj):
+    if not isinstance(path_or_obj, str):
+        return path_or_obj
+    from ray.llm._internal.common.utils.import_utils import load_class
+
+    return load_class(path_or_obj)

@@ -1,0 +1,133 @@
+"""Faults on the serving path, with the real engine behind Serve's real proxy.
+
+- A client that disconnects mid-stream frees the engine (the request is aborted).
+- An engine replica SIGKILLed under 16 streams: every open stream ends within
+  seconds, the broken ones with an OpenAI error event and `[DONE]` (Serve's
+  proxy runs Ember's stream guard); new requests are answered by the other
+  replica meanwhile; Serve restarts the dead one without an operator; the
+  dead replica's vLLM processes do not outlive it.
+The session runs two engine replicas (conftest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import httpx
+import psutil
+import pytest
+
+from tests.integration.conftest import MODEL
+from tests.integration.keys import AUTH
+
+DEPLOYMENT = f"LLMServer:{MODEL}"
+
+
+def engine_replicas() -> list:
+    from ray.util.state import list_actors
+
+    return [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+            if a.class_name == f"ServeReplica:ember:{DEPLOYMENT}"]
+
+
+def unfinished_requests() -> list[int]:
+    """Each call lands on one of the replicas; a few calls see both."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle(DEPLOYMENT, app_name="ember")
+    return [handle.unfinished_requests.remote().result(timeout_s=30) for _ in range(8)]
+
+
+def chat_body(max_tokens: int) -> dict:
+    return {"model": MODEL, "messages": [{"role": "user", "content": "Count to a thousand."}],
+            "max_tokens": max_tokens, "ignore_eos": True, "stream": True}
+
+
+def test_a_client_that_disconnects_mid_stream_frees_the_engine(base_url):
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", headers=AUTH(),
+                      json=chat_body(1800), timeout=120) as response:
+        lines = response.iter_lines()
+        chunks = [line for line, _ in zip(lines, range(6), strict=False) if line]
+        assert len(chunks) >= 3 and any(n >= 1 for n in unfinished_requests())
+    # closed after a few chunks of 1800 tokens (minutes of work): aborted
+    deadline = time.time() + 30
+    while any(unfinished_requests()) and time.time() < deadline:
+        time.sleep(1)
+    assert not any(unfinished_requests())
+
+
+async def _stream(base_url: str, events: list, started: asyncio.Event, count: list) -> float:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(120)) as client:
+        async with client.stream("POST", f"{base_url}/v1/chat/completions", headers=AUTH(),
+                                 json=chat_body(160)) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    events.append(line[5:].strip())
+                    if len(events) == 3:
+                        count[0] += 1
+                        if count[0] == 16:
+                            started.set()
+    return time.time()
+
+
+@pytest.mark.timeout(900)
+def test_a_replica_killed_under_load_ends_every_stream_and_the_service_recovers(base_url):
+    replicas = engine_replicas()
+    assert len(replicas) == 2, replicas
+    victim = psutil.Process(replicas[0].pid)
+    engine_procs = [p for p in victim.children(recursive=True) if p.name().startswith("VLLM")]
+    assert engine_procs  # its EngineCore and worker
+
+    async def run() -> tuple[list[list[str]], list[float], float]:
+        events: list[list[str]] = [[] for _ in range(16)]
+        started, count = asyncio.Event(), [0]
+        tasks = [asyncio.create_task(_stream(base_url, e, started, count)) for e in events]
+        await asyncio.wait_for(started.wait(), timeout=300)
+        killed_at = time.time()
+        os.kill(victim.pid, signal.SIGKILL)
+        ended = await asyncio.wait_for(asyncio.gather(*tasks), timeout=300)
+        return events, ended, killed_at
+
+    events, ended, killed_at = asyncio.run(run())
+    broken = [i for i, e in enumerate(events) if any('"error"' in x for x in e)]
+    for i, stream in enumerate(events):
+        assert stream[-1] == "[DONE]", f"stream {i} ended without [DONE]: {stream[-2:]}"
+        if i in broken:
+            error = json.loads(stream[-2])["error"]
+            assert error["code"] == 503 and "incomplete" in error["message"]
+            assert ended[i] - killed_at < 15, "a broken stream took too long to end"
+        else:
+            finish = json.loads(stream[-2]) if "usage" not in stream[-2] else json.loads(stream[-3])
+            assert finish["choices"][0]["finish_reason"] == "length"
+    assert broken, "no stream was on the killed replica"
+    print(f"\n{len(broken)} of 16 streams were on the killed replica; each ended with an error "
+          f"event within {max(ended[i] - killed_at for i in broken):.1f}s")
+
+    # the other replica answers meanwhile
+    answer = httpx.post(f"{base_url}/v1/chat/completions", headers=AUTH(), timeout=120,
+                        json={"model": MODEL, "max_tokens": 4,
+                              "messages": [{"role": "user", "content": "Hi"}]})
+    assert answer.status_code == 200, answer.text
+
+    # the dead replica's engine processes went with it
+    time.sleep(5)
+    assert not [p for p in engine_procs if p.is_running() and p.status() != "zombie"]
+
+    # Serve replaces it, without an operator
+    deadline = time.time() + 600
+    while len(engine_replicas()) < 2 or not _healthy():
+        assert time.time() < deadline, "the killed replica was not replaced within 10 min"
+        time.sleep(5)
+    print(f"two replicas serving again {time.time() - killed_at:.0f}s after the kill")
+
+
+def _healthy() -> bool:
+    from ray import serve
+
+    status = serve.status().applications["ember"].deployments[DEPLOYMENT]
+    return status.status == "HEALTHY"
