@@ -38,6 +38,7 @@ LLAMA_1B = {  # as bench_train.py, with SmolLM2's vocabulary (its tokenizer)
 }
 ENGINE = {"dtype": "bfloat16", "max_model_len": 2048, "gpu_memory_utilization": 0.4}
 VLLM_PORT, EMBER_PORT = 8100, 8000
+RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]  # no `ray` script on PATH there
 
 
 def build_model(root: Path) -> Path:
@@ -68,7 +69,7 @@ def start_ember(folder: Path, log: Path) -> None:
     from ember.cluster.environment import NODE_ENV
 
     env = {**os.environ, **NODE_ENV}
-    subprocess.run(["ray", "start", "--head", "--num-cpus=8", "--disable-usage-stats"],
+    subprocess.run([*RAY_CLI, "start", "--head", "--num-cpus=8", "--disable-usage-stats"],
                    env=env, check=True, stdout=log.open("w"), stderr=subprocess.STDOUT)
     import ray
     from ember.serving.config import LLMAppConfig
@@ -137,7 +138,7 @@ def main() -> int:
         (out / "serve-gpu.md").write_text(table + "\n")
     finally:
         vllm.terminate()
-        subprocess.run(["ray", "stop", "--force"], capture_output=True)
+        subprocess.run([*RAY_CLI, "stop", "--force"], capture_output=True)
     return 0
 
 

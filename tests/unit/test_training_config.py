@@ -115,6 +115,14 @@ def test_with_extra_model_inherits_the_first_models_engine():
         with_extra_model(APP, "base", "/x")
 
 
+def test_an_extra_model_starts_on_one_replica_and_scales_to_the_first_models_maximum():
+    app = {**APP, "args": {"models": [{**APP["args"]["models"][0], "autoscaling": {
+        "min_replicas": 2, "max_replicas": 4, "initial_replicas": 2}}]}}
+    tuned = with_extra_model(app, "tuned", "/models/tuned")["args"]["models"][1]
+    assert tuned["autoscaling"] == {"min_replicas": 1, "max_replicas": 4}
+    assert app["args"]["models"][0]["autoscaling"]["min_replicas"] == 2
+
+
 def test_deploy_config_keeps_other_apps_and_refuses_python_deployed_ones():
     details = {"proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": 8000},
                "applications": {"ember": {"deployed_app_config": APP},

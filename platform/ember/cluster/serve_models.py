@@ -2,7 +2,7 @@
 
 The service's applications are read back from Serve (`get_serve_details`), the
 app's `args.models` gains one entry (the first model's engine, autoscaling and
-resources, with the new name and folder), and the whole config is applied again
+resources, with the new name and folder; it starts on one replica), and the whole config is applied again
 with `deploy_applications`, exactly what `serve deploy` does. The new model then
 sits in `/v1/models`, answers chat completions, and answers RAG requests as
 `rag@NAME` / `rag:COLLECTION@NAME`.
@@ -80,6 +80,12 @@ def with_extra_model(app: dict, name: str, folder: str | Path) -> dict:
         raise ClusterError(f"a model named '{name}' is already served by "
                            f"'{app.get('name')}' (models: {taken}); pick another --name")
     entry = {k: copy.deepcopy(models[0][k]) for k in INHERITED_KEYS if k in models[0]}
+    if "autoscaling" in entry:
+        # A new model starts on one replica and scales up to the first model's maximum
+        # under load: cloning a floor of several replicas can ask for more than the
+        # cluster has left, and the rolling update would wait for it forever.
+        entry["autoscaling"].update(min_replicas=1)
+        entry["autoscaling"].pop("initial_replicas", None)
     models.append({"name": name, "source": str(folder), **entry})
     return app
 
