@@ -101,7 +101,7 @@ def wait_ready(url: str, timeout_s: float = 600) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=os.environ.get("OUT", "bench-results"))
-    parser.add_argument("--levels", default="1,64,128")
+    parser.add_argument("--levels", default="1,64")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=128)
     args = parser.parse_args()
@@ -115,28 +115,33 @@ def main() -> int:
         run_bench,
     )
 
+    started = time.time()
     folder = build_model(Path("/tmp/models"))
+    print(f"[{time.time() - started:4.0f}s] random model saved", flush=True)
+    # Both servers start at once (each takes 40% of the GPU): the run's 10 minutes go to load.
     vllm = start_vllm(folder, out / "vllm.log")
     try:
-        print(f"plain vLLM ready after {wait_ready(f'http://127.0.0.1:{VLLM_PORT}'):.0f}s",
-              flush=True)
         start_ember(folder, out / "ray-start.log")
-        print(f"Ember ready after {wait_ready(f'http://127.0.0.1:{EMBER_PORT}'):.0f}s",
-              flush=True)
+        for label, port in (("plain vLLM", VLLM_PORT), ("Ember", EMBER_PORT)):
+            wait_ready(f"http://127.0.0.1:{port}")
+            print(f"[{time.time() - started:4.0f}s] {label} ready", flush=True)
         targets = [Target("ember", f"http://127.0.0.1:{EMBER_PORT}", MODEL),
                    Target("vllm", f"http://127.0.0.1:{VLLM_PORT}", MODEL)]
-        levels = [int(x) for x in args.levels.split(",")]
         rows = []
-        for level in levels:  # 32 requests at c=1, else 4 per stream
+        for level in (int(x) for x in args.levels.split(",")):  # 32 requests at c=1
             rows += asyncio.run(run_bench(targets, [level], max(32, 4 * level),
                                           args.max_tokens, repeat=args.rounds))
-        summary = medians(rows, "vllm")
-        table = format_table(summary, MEDIAN_COLUMNS)
-        print(table)
-        (out / "serve-gpu.json").write_text(json.dumps({"runs": rows, "medians": summary},
-                                                       indent=2))
-        (out / "serve-gpu.md").write_text(table + "\n")
+            summary = medians(rows, "vllm")  # written after each level: a cut run keeps them
+            table = format_table(summary, MEDIAN_COLUMNS)
+            print(f"[{time.time() - started:4.0f}s] c={level} done\n{table}", flush=True)
+            (out / "serve-gpu.json").write_text(json.dumps({"runs": rows, "medians": summary},
+                                                           indent=2))
+            (out / "serve-gpu.md").write_text(table + "\n")
     finally:
+        logs = Path("/tmp/ray/session_latest/logs/serve")
+        if logs.is_dir():  # the replicas' and controller's logs, for a run that went wrong
+            subprocess.run(["tar", "czf", str(out / "serve-logs.tgz"), "-C", str(logs), "."],
+                           capture_output=True)
         vllm.terminate()
         subprocess.run([*RAY_CLI, "stop", "--force"], capture_output=True)
     return 0
