@@ -8,7 +8,7 @@ import pytest
 from ember.data.config import IngestConfig
 from ember.data.pipeline import run_ingest
 
-from .conftest import SAMPLES
+from .conftest import COLLECTION, SAMPLES
 
 pytestmark = pytest.mark.integration
 
@@ -23,8 +23,10 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ingest(ray_cluster, milvus_uri, corpus):
     def run(paths=None, **overrides):
+        # Ray Data's pipeline even for these small files (the service's sample ingest,
+        # conftest's, takes the in-process path for small corpora)
         config = IngestConfig(paths=paths or [str(corpus)], collection="ingest_test",
-                              milvus_uri=milvus_uri, **overrides)
+                              milvus_uri=milvus_uri, **{"local_max_mb": 0, **overrides})
         return run_ingest(config)
 
     return run
@@ -70,6 +72,35 @@ def test_rerun_adds_nothing_and_a_changed_file_replaces_its_chunks(ingest, corpu
     texts = " ".join(texts_of(store, "02-timetable.txt"))
     assert "4 kestrels and 10 pennies" in texts and "3 kestrels and 20 pennies" not in texts
     assert changed.chunks_total == first.chunks_total  # replaced, not added
+
+
+def test_the_in_process_path_writes_what_ray_data_writes(sample_ingest, ingest, store):
+    ingest()  # Ray Data into ingest_test (a no-op if an earlier test left it current)
+    assert sample_ingest.chunks_written == sample_ingest.chunks_total  # the in-process path
+
+    def rows(collection):
+        store.client.load_collection(collection)
+        found = store.client.query(collection, filter="position >= 0", limit=1000,
+                                   output_fields=["source", "position", "text", "vector"])
+        return {(r["source"].rsplit("/", 1)[-1], r["position"]): r for r in found
+                if "02-timetable" not in r["source"]}  # the test above edited that copy
+
+    local, distributed = rows(COLLECTION), rows("ingest_test")
+    assert local.keys() == distributed.keys()
+    for key, row in local.items():
+        assert row["text"] == distributed[key]["text"]
+        assert sum(a * b for a, b in zip(row["vector"], distributed[key]["vector"],
+                                         strict=True)) > 0.999
+
+
+def test_other_chunking_settings_rewrite_every_file_and_leave_no_stale_chunk(ingest, store):
+    before = ingest()  # the corpus as the test above left it, at the default 128 tokens
+    assert before.files_read == 0
+    smaller = ingest(chunk_tokens=48, overlap_tokens=8)
+    assert smaller.files_read == 6 and smaller.chunks_written > before.chunks_total
+    assert smaller.chunks_total == smaller.chunks_written  # every 128-token chunk retired
+    back = ingest()
+    assert back.files_read == 6 and back.chunks_total == before.chunks_total
 
 
 def test_bad_files_are_skipped_and_the_rest_of_the_batch_lands(ingest, tmp_path, store):

@@ -46,3 +46,17 @@ def test_content_hash_depends_on_text_only():
     a = chunk_text("Same text.", words)[0]
     b = chunk_text("Same text.", words)[0]
     assert a.content_hash == b.content_hash and len(a.content_hash) == 64
+
+
+def test_each_chunk_knows_the_headings_it_sits_under():
+    text = ("# Guide\n\nIntro text here.\n\n## Install\n\n"
+            + " ".join(f"Install step {i} is done." for i in range(30))
+            + "\n\n### Linux\n\nUse the package manager.\n\n## Usage\n\nRun it.")
+    chunks = chunk_text(text, words, chunk_tokens=40, overlap_tokens=0)
+    sections = [c.section for c in chunks]
+    assert sections[0] == "Guide"
+    assert "Guide > Install" in sections  # a chunk from the middle of Install
+    linux = next(c for c in chunks if "package manager" in c.text)
+    assert linux.section == "Guide > Install > Linux"
+    # a short last section joins the chunk before it, its heading kept with its text
+    assert "## Usage\n\nRun it." in next(c for c in chunks if "Run it" in c.text).text

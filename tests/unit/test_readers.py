@@ -74,3 +74,20 @@ def test_expand_paths_folders_globs_and_missing(tmp_path):
     files, missing = expand_paths([str(tmp_path), str(tmp_path / "*.md"), "/no/such/path"])
     assert [f.name for f in files] == ["a.md", "b.txt"]
     assert missing[0].source == "/no/such/path"
+
+
+def test_html_headings_become_sections_and_sphinx_sidebars_are_dropped(tmp_path):
+    page = tmp_path / "functools.html"
+    page.write_text(
+        "<html><head><title>functools — Higher-order functions</title></head><body>"
+        "<div role='navigation'>Previous topic | Next topic</div>"
+        "<div role='main'><h1>functools — Higher-order functions<a>\u00b6</a></h1>"
+        "<p>The module is for higher-order functions.</p>"
+        "<h2>Caching</h2><dl><dt>lru_cache(maxsize)</dt><dd>Memoize a function.</dd></dl>"
+        "</div><div class='sphinxsidebar' role='search'>Quick search</div></body></html>")
+    [doc] = read_file(page)
+    assert doc.title == "functools — Higher-order functions"
+    assert "# functools — Higher-order functions\n" in doc.text and "\u00b6" not in doc.text
+    assert "## Caching" in doc.text and "Memoize a function." in doc.text
+    for dropped in ("Previous topic", "Quick search"):
+        assert dropped not in doc.text

@@ -19,6 +19,7 @@ from ember.cli import (
     cluster_cmd,
     cost_cmd,
     data_cmd,
+    eval_cmd,
     ingest_cmd,
     keys_cmd,
     models_cmd,
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ember", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (models_cmd, cluster_cmd, keys_cmd, cost_cmd, monitor_cmd, chat_cmd, ask_cmd,
-                   ingest_cmd, data_cmd, train_cmd, tune_cmd, bench_cmd):
+                   ingest_cmd, data_cmd, eval_cmd, train_cmd, tune_cmd, bench_cmd):
         module.register(commands)
     return parser
 

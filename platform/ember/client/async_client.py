@@ -58,8 +58,10 @@ class AsyncClient:
                 yield delta
 
     async def retrieve(self, query: str, collection: str | None = None,
-                       top_k: int | None = None) -> list[t.Hit]:
-        body = {"query": query, "collection": collection, "top_k": top_k}
+                       top_k: int | None = None, mode: str | None = None,
+                       rerank: bool | None = None) -> list[t.Hit]:
+        body = {"query": query, "collection": collection, "top_k": top_k, "mode": mode,
+                "rerank": rerank}
         payload = await self._post("/v1/retrieve",
                                    {k: v for k, v in body.items() if v is not None})
         return [t.Hit(**h) for h in payload["hits"]]

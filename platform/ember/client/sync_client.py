@@ -63,11 +63,23 @@ class Client:
                 yield delta
 
     def retrieve(self, query: str, collection: str | None = None,
-                 top_k: int | None = None) -> list[t.Hit]:
-        """Ranked chunks of `collection` (default: the service's) for `query`."""
-        body = {"query": query, "collection": collection, "top_k": top_k}
-        payload = self._post("/v1/retrieve", {k: v for k, v in body.items() if v is not None})
-        return [t.Hit(**h) for h in payload["hits"]]
+                 top_k: int | None = None, mode: str | None = None,
+                 rerank: bool | None = None) -> list[t.Hit]:
+        """Ranked chunks of `collection` (default: the service's) for `query`.
+
+        `mode`: dense, keyword or hybrid; `rerank`: cross-encoder rescoring
+        (defaults: the service's `rag.mode` / `rag.rerank`).
+        """
+        return [t.Hit(**h) for h in self.retrieve_raw(query, collection, top_k, mode,
+                                                      rerank)["hits"]]
+
+    def retrieve_raw(self, query: str, collection: str | None = None,
+                     top_k: int | None = None, mode: str | None = None,
+                     rerank: bool | None = None) -> dict:
+        """/v1/retrieve's whole answer: hits, the mode used, `reranked`, `notices`."""
+        body = {"query": query, "collection": collection, "top_k": top_k, "mode": mode,
+                "rerank": rerank}
+        return self._post("/v1/retrieve", {k: v for k, v in body.items() if v is not None})
 
     def rag(self, question: str, collection: str | None = None, top_k: int | None = None,
             **sampling) -> t.RagResult:

@@ -2,10 +2,10 @@
 
 The service's applications are read back from Serve (`get_serve_details`), the
 app's `args.models` gains one entry (the first model's engine, autoscaling and
-resources, with the new name and folder; it starts on one replica), and the whole config is applied again
-with `deploy_applications`, exactly what `serve deploy` does. The new model then
-sits in `/v1/models`, answers chat completions, and answers RAG requests as
-`rag@NAME` / `rag:COLLECTION@NAME`.
+resources, with the new name and folder; it starts on one replica), and the
+whole config is applied again with `deploy_applications`, exactly what
+`serve deploy` does. The new model then sits in `/v1/models`, answers chat
+completions, and answers RAG requests as `rag@NAME` / `rag:COLLECTION@NAME`.
 
 Serve derives an app's code version from its args, so the app's deployments are
 replaced by a rolling update: with one replica per deployment, as on the local

@@ -8,6 +8,10 @@ Design choices:
 - Consecutive chunks share up to `overlap_tokens` of trailing units, so a
   fact on a boundary is whole in at least one chunk.
 - A single unit longer than a chunk (a giant run-on line) is cut by tokens.
+- Each chunk knows the headings it sits under (`section`: "Intro > Setup"),
+  from Markdown headings (`#`..`######`, or underlined), which the HTML reader
+  writes for <h1>..<h6>: a chunk from the middle of a section still carries
+  what the section is about.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ class Unit:
     tokens: int
     starts_section: bool = False  # a heading
     starts_paragraph: bool = False
+    level: int = 0  # the heading's level (1 for `#`), 0 for text
+    section: str = ""  # the headings above this unit, outermost first, " > "-joined
 
 
 @dataclass
@@ -35,6 +41,7 @@ class Chunk:
     text: str
     position: int
     tokens: int
+    section: str = ""
 
     @property
     def content_hash(self) -> str:
@@ -42,17 +49,32 @@ class Chunk:
 
 
 def split_units(text: str, count: CountTokens) -> list[Unit]:
-    units = []
+    units: list[Unit] = []
+    path: list[tuple[int, str]] = []  # (level, heading) of the sections we are in
     for paragraph in re.split(r"\n\s*\n", text):
         paragraph = paragraph.strip()
         if not paragraph:
             continue
         heading = bool(_HEADING.match(paragraph))
+        if heading:
+            level, name = heading_of(paragraph)
+            path = [(lv, h) for lv, h in path if lv < level] + [(level, name)]
+        section = " > ".join(h for _, h in path)
         pieces = [paragraph] if heading else _SENTENCE_END.split(paragraph)
         for i, piece in enumerate(p.strip() for p in pieces):
             if piece:
-                units.append(Unit(piece, count(piece), heading and i == 0, i == 0))
+                units.append(Unit(piece, count(piece), heading and i == 0, i == 0,
+                                  level if heading else 0, section))
     return units
+
+
+def heading_of(paragraph: str) -> tuple[int, str]:
+    """(level, text) of a Markdown heading: `## Text`, or Text underlined with = / -."""
+    if paragraph.startswith("#"):
+        marks = len(paragraph) - len(paragraph.lstrip("#"))
+        return marks, paragraph[marks:].strip()
+    text, underline = paragraph.split("\n", 1)
+    return (1 if underline.startswith("=") else 2), text.strip()
 
 
 def chunk_text(text: str, count: CountTokens, chunk_tokens: int = 200,
@@ -91,6 +113,8 @@ def _overlap(units: list[Unit], overlap_tokens: int, room: int) -> list[Unit]:
 
 
 def _make_chunk(units: list[Unit], position: int) -> Chunk:
+    """The units' text; its section is that of its first unit of text (after any heading)."""
+    body = next((u for u in units if not u.starts_section), units[-1])
     parts: list[str] = []
     for i, unit in enumerate(units):
         if i and unit.starts_paragraph:
@@ -98,7 +122,7 @@ def _make_chunk(units: list[Unit], position: int) -> Chunk:
         elif i:
             parts.append(" ")
         parts.append(unit.text)
-    return Chunk("".join(parts), position, sum(u.tokens for u in units))
+    return Chunk("".join(parts), position, sum(u.tokens for u in units), body.section)
 
 
 def _cut_long_units(units: list[Unit], limit: int, count: CountTokens,
@@ -112,7 +136,7 @@ def _cut_long_units(units: list[Unit], limit: int, count: CountTokens,
                                                                                count)
         for i, piece in enumerate(pieces):
             out.append(Unit(piece, count(piece), unit.starts_section and i == 0,
-                            unit.starts_paragraph and i == 0))
+                            unit.starts_paragraph and i == 0, unit.level, unit.section))
     return out
 
 

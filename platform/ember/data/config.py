@@ -24,9 +24,20 @@ class IngestConfig(BaseModel):
     max_file_mb: float = Field(20.0, gt=0, description="larger files are skipped, with why")
     embed_batch_size: int = Field(64, ge=1)
     embed_concurrency: int = Field(1, ge=1, description="embedding actors")
-    embed_num_cpus: float = Field(1, ge=0)
+    embed_num_cpus: float = Field(1, ge=0, description="logical CPUs Ray reserves per actor")
+    # Ray starts an actor with one torch thread per reserved CPU (OMP_NUM_THREADS), so a
+    # 1-CPU actor used one core of two: 0.22x of the bare model. Ingestion is a batch job
+    # that should use the machine: by default each actor gets its share of the cores.
+    embed_threads: int | None = Field(
+        None, ge=1, description="torch threads per embedding actor; default: the node's "
+                                "cores / embed_concurrency")
     embed_num_gpus: float = Field(0, ge=0)
     write_batch_size: int = Field(512, ge=1)
+    # Ray Data's start-up (workers, an actor loading the embedder) took ~20 s of the
+    # 24 s the six sample files took; a corpus this small is done in the driver itself.
+    local_max_mb: float = Field(
+        2.0, ge=0, description="corpora up to this many MB (of files to ingest) are read, "
+                               "embedded and written in this process; 0: always Ray Data")
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> IngestConfig:

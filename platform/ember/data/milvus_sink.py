@@ -41,7 +41,7 @@ class MilvusDatasink(Datasink):
                     if row["skip_reason"]:
                         skipped[row["file"]] = row["skip_reason"]
                         continue
-                    pending.append(_milvus_row(row))
+                    pending.append(milvus_row(row))
                     written[row["file"]] += 1
                     if len(pending) >= self.batch_size:
                         self._upsert(store, pending)
@@ -64,7 +64,7 @@ class MilvusDatasink(Datasink):
         self.result["written"] = dict(written)
 
 
-def _milvus_row(row) -> dict:
+def milvus_row(row) -> dict:
     out = {field: row[field] for field in CHUNK_FIELDS}
     out["position"] = int(out["position"])
     out["vector"] = [float(x) for x in row["vector"]]

@@ -61,6 +61,11 @@ READ_TASK_CPUS = 0.25
 READ_CONCURRENCY = max(2, os.cpu_count() or 1)
 
 
+# Rows handed to one embedding call: sentence-transformers sorts a call's texts by length
+# before cutting its batches, so a larger call pads less than one batch per call.
+ROWS_PER_EMBED_CALL = 512
+
+
 def run_ingest(config: IngestConfig, progress=print) -> IngestReport:
     from ember.data.progress import ray_logs_to
 
@@ -80,7 +85,7 @@ def run_folder(collection: str) -> Path:
 def _ingest(config: IngestConfig, progress) -> IngestReport:
     from ember.cluster.local import connect_ray
     from ember.models.catalogue import resolve_model
-    from ember.models.embedder import embedder_dim, load_embedder
+    from ember.models.embedder import embedder_dim_of
     from ember.vectorstore.lite_server import shared_uri
     from ember.vectorstore.milvus import MilvusStore, default_uri
 
@@ -90,17 +95,20 @@ def _ingest(config: IngestConfig, progress) -> IngestReport:
     files, report.skipped = expand_paths(config.paths)
     report.files_found = len(files)
     embedder_path = resolve_model(config.embedder)
-    dim = embedder_dim(load_embedder(config.embedder))
+    dim = embedder_dim_of(config.embedder)  # from its files: no model load on the driver
     uri = shared_uri(config.milvus_uri or default_uri())
     store = MilvusStore(uri, config.milvus_token)
     try:
         store.ensure_collection(config.collection, config.embedder, dim)
-        todo = _plan(files, store.ingested_files(config.collection), report)
+        todo = _plan(files, store.ingested_files(config.collection), report, config)
         progress(f"{len(files)} files found: {len(todo)} to ingest, "
                  f"{len(files) - len(todo)} unchanged")
         if todo:
-            result = _run_pipeline(todo, config, embedder_path, uri, progress)
+            megabytes = sum(file_size(path) for path in todo) / 2**20
+            run = _run_local if megabytes <= config.local_max_mb else _run_pipeline
+            result = run(todo, config, embedder_path, uri, progress)
             _commit(store, config.collection, todo, result, report)
+            store.mark_changed(config.collection)  # serving replicas reload their index
         progress("flushing and loading the collection ...")
         store.finish(config.collection)
         report.chunks_total = store.count(config.collection)
@@ -110,11 +118,66 @@ def _ingest(config: IngestConfig, progress) -> IngestReport:
     return report
 
 
-def _plan(files, ingested: dict[str, str], report: IngestReport) -> dict[str, str]:
-    """{file: hash} of the files to (re-)ingest; unchanged ones go to `skipped`."""
+# Bumped when chunking changes in a way the settings below do not show.
+CHUNKER_VERSION = "2"
+
+
+def _run_local(todo: dict[str, str], config: IngestConfig, embedder_path: str, uri: str,
+               progress) -> dict:
+    """A small corpus in this process: the same stages as the pipeline, without Ray Data."""
+    from ember.data.milvus_sink import milvus_row
+    from ember.data.stages import EmbedBatch, read_and_chunk
+    from ember.vectorstore.milvus import MilvusStore
+
+    progress(f"reading, chunking and embedding {len(todo)} files in this process "
+             f"(under local_max_mb={config.local_max_mb:g}) ...")
+    rows = [row for path, digest in todo.items() for row in read_and_chunk(
+        {"path": path, "file_hash": digest}, embedder_path, config.chunk_tokens,
+        config.overlap_tokens, config.jsonl_field, config.max_file_mb)]
+    result: dict = {"written": {}, "skipped": {}}
+    real = [r for r in rows if not r["skip_reason"]]
+    result["skipped"] = {r["file"]: r["skip_reason"] for r in rows if r["skip_reason"]}
+    if real:
+        import numpy as np
+
+        batch = {key: np.array([r[key] for r in real], dtype=object) for key in real[0]}
+        embedder = EmbedBatch(config.embedder, config.embed_batch_size,
+                              threads=config.embed_threads)
+        vectors = embedder(batch)["vector"]
+        store = MilvusStore(uri, config.milvus_token)
+        try:
+            for start in range(0, len(real), config.write_batch_size):
+                store.upsert_chunks(config.collection, [
+                    milvus_row({**row, "vector": vector}) for row, vector in zip(
+                        real[start:start + config.write_batch_size],
+                        vectors[start:start + config.write_batch_size], strict=True)])
+        finally:
+            store.close()
+        for row in real:
+            result["written"][row["file"]] = result["written"].get(row["file"], 0) + 1
+    progress(f"  {len(real)} chunks written")
+    return result
+
+
+def version_hash(path, config: IngestConfig) -> str:
+    """A file's version: its bytes and the settings that cut it into chunks.
+
+    Re-ingesting with other chunking settings is then a new version of every
+    file: its chunks are rewritten and the old ones retired, none left stale.
+    """
+    import hashlib
+
+    settings = (f"{CHUNKER_VERSION}/{config.chunk_tokens}/{config.overlap_tokens}/"
+                f"{config.jsonl_field}/{config.embedder}")
+    return hashlib.sha256(f"{file_hash(path)}\0{settings}".encode()).hexdigest()
+
+
+def _plan(files, ingested: dict[str, str], report: IngestReport,
+          config: IngestConfig) -> dict[str, str]:
+    """{file: version hash} of the files to (re-)ingest; unchanged ones go to `skipped`."""
     todo = {}
     for path in files:
-        digest = file_hash(path)
+        digest = version_hash(path, config)
         if ingested.get(str(path)) == digest:
             report.skipped.append(Skipped(str(path), "unchanged since the last ingestion"))
         else:
@@ -145,8 +208,9 @@ def _run_pipeline(todo: dict[str, str], config: IngestConfig, embedder_path: str
     dataset = dataset.map_batches(
         EmbedBatch, fn_constructor_kwargs={
             "embedder": config.embedder, "batch_size": config.embed_batch_size,
-            "device": "cuda" if config.embed_num_gpus else "cpu"},
-        batch_size=config.embed_batch_size,
+            "device": "cuda" if config.embed_num_gpus else "cpu",
+            "threads": config.embed_threads, "actors": config.embed_concurrency},
+        batch_size=max(config.embed_batch_size, ROWS_PER_EMBED_CALL),
         compute=ray.data.ActorPoolStrategy(size=config.embed_concurrency),
         num_cpus=config.embed_num_cpus, num_gpus=config.embed_num_gpus, batch_format="numpy")
     sink = MilvusDatasink(uri, config.milvus_token, config.collection, config.write_batch_size,
@@ -157,7 +221,6 @@ def _run_pipeline(todo: dict[str, str], config: IngestConfig, embedder_path: str
     finally:
         ray.kill(tracker)
     return sink.result
-
 
 
 def _commit(store, collection: str, todo: dict[str, str], result: dict,

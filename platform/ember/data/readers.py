@@ -111,6 +111,8 @@ def _first_heading(text: str) -> str | None:
 
 _DROP_TAGS = ("script", "style", "noscript", "nav", "header", "footer", "aside", "form",
               "iframe", "svg", "button")
+_DROP_ROLES = ("navigation", "search", "banner", "contentinfo")
+HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
 
 
 def _html(text: str, path: Path) -> tuple[str, str]:
@@ -120,12 +122,21 @@ def _html(text: str, path: Path) -> tuple[str, str]:
     title = soup.title.get_text(strip=True) if soup.title else ""
     for tag in soup(_DROP_TAGS):
         tag.decompose()
-    main = soup.find("main") or soup.find("article") or soup.body or soup
-    for block in main.find_all(["p", "h1", "h2", "h3", "h4", "li", "pre", "tr"]):
-        block.append("\n\n")  # keep paragraph boundaries for the chunker
+    for tag in soup.find_all(attrs={"role": list(_DROP_ROLES)}):  # Sphinx's sidebars
+        tag.decompose()
+    main = soup.find("main") or soup.find(attrs={"role": "main"}) or soup.find("article") \
+        or soup.body or soup
     heading = main.find(["h1", "h2"])
-    title = title or (heading.get_text(strip=True) if heading else path.stem)
+    title = title or (_heading_text(heading) if heading else path.stem)
+    for block in main.find_all(["p", "li", "pre", "tr", "dt", "dd"]):
+        block.append("\n\n")  # keep paragraph boundaries for the chunker
+    for h in main.find_all(HEADINGS):  # as Markdown: the chunker keeps sections together
+        h.replace_with(f"\n\n{'#' * int(h.name[1])} {_heading_text(h)}\n\n")
     return title, main.get_text()
+
+
+def _heading_text(tag) -> str:
+    return " ".join(tag.get_text(" ", strip=True).replace("\u00b6", "").split())
 
 
 def _pdf(raw: bytes, path: Path) -> tuple[str, str]:

@@ -7,6 +7,8 @@ that would fail the whole dataset.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ember.data.chunking import chunk_text
@@ -17,8 +19,24 @@ from ember.vectorstore.milvus import SOURCE_MAX
 
 
 def skip_row(path: str, reason: str) -> dict:
-    return {"file": path, "source": path, "title": "", "position": -1, "text": "",
+    return {"file": path, "source": path, "title": "", "section": "", "position": -1, "text": "",
             "content_hash": "", "file_hash": "", "skip_reason": reason}
+
+
+def section_title(title: str, section: str) -> str:
+    """The document's title and the headings a chunk sits under, without repeating one."""
+    if not section or section == title:
+        return title
+    first, _, rest = section.partition(" > ")
+    if first and first in title:  # an HTML page's <h1> is usually its title too
+        section = rest
+    return f"{title} > {section}" if section else title
+
+
+def embed_text(section: str, text: str) -> str:
+    """What is embedded: the chunk with its headings, so a mid-section chunk says what it
+    is about (the stored text stays the chunk alone)."""
+    return f"{section}\n\n{text}" if section else text
 
 
 def read_and_chunk(row: dict, tokenizer_path: str, chunk_tokens: int, overlap_tokens: int,
@@ -46,19 +64,31 @@ def _chunk_rows(row: dict, tokenizer_path: str, chunk_tokens: int, overlap_token
     for doc in result:
         for chunk in chunk_text(doc.text, counter.count, chunk_tokens, overlap_tokens,
                                 split_long=counter.split):
-            rows.append({"file": path, "source": doc.source, "title": doc.title,
+            rows.append({"file": path, "source": doc.source,
+                         "title": section_title(doc.title, chunk.section),
+                         "section": chunk.section,
                          "position": chunk.position, "text": chunk.text,
                          "content_hash": chunk.content_hash, "file_hash": row["file_hash"],
                          "skip_reason": ""})
     return rows or [skip_row(path, "no chunks after splitting")]
 
 
+def embed_threads(threads: int | None, actors: int) -> int:
+    """Torch threads for one embedding actor: as configured, or its share of this node's
+    cores (Ray would give it one per reserved CPU: one core of two on this machine)."""
+    return threads or max(1, (os.cpu_count() or 1) // actors)
+
+
 class EmbedBatch:
     """A stateful Ray Data worker (actor pool): loads the embedder once."""
 
-    def __init__(self, embedder: str, batch_size: int, device: str = "cpu") -> None:
+    def __init__(self, embedder: str, batch_size: int, device: str = "cpu",
+                 threads: int | None = None, actors: int = 1) -> None:
+        import torch
+
         from ember.models.embedder import embedder_dim, load_embedder
 
+        torch.set_num_threads(embed_threads(threads, actors))
         self.model = load_embedder(embedder, device)
         self.dim = embedder_dim(self.model)
         self.batch_size = batch_size
@@ -69,6 +99,8 @@ class EmbedBatch:
         real = batch["skip_reason"] == ""
         vectors = np.zeros((len(real), self.dim), dtype=np.float32)
         if real.any():
-            vectors[real] = embed(self.model, list(batch["text"][real]), self.batch_size)
+            texts = [embed_text(section, text) for section, text
+                     in zip(batch["section"][real], batch["text"][real], strict=True)]
+            vectors[real] = embed(self.model, texts, self.batch_size)
         batch["vector"] = vectors
         return batch

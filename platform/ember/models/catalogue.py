@@ -57,6 +57,7 @@ class CatalogueEntry:
 
 DEFAULT_LLM = "smollm2-135m-instruct"
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
+DEFAULT_RERANKER: str | None = None  # set once a packaged cross-encoder is in the catalogue
 
 CATALOGUE: dict[str, CatalogueEntry] = {
     DEFAULT_LLM: CatalogueEntry(

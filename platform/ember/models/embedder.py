@@ -29,3 +29,14 @@ def embed(model, texts: list[str], batch_size: int = 64):
 
 def embedder_dim(model) -> int:
     return int(model.get_embedding_dimension())
+
+
+def embedder_dim_of(ref: str) -> int:
+    """The vector size from the model's files (its pooling config), loading it only if absent."""
+    import json
+    from pathlib import Path
+
+    pooling = Path(resolve_model(ref)) / "1_Pooling" / "config.json"
+    if pooling.is_file():
+        return int(json.loads(pooling.read_text())["word_embedding_dimension"])
+    return embedder_dim(load_embedder(ref))

@@ -80,9 +80,8 @@ class ModelDeploymentConfig(_Strict):
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     accelerator_type: str | None = Field(None, description="e.g. H100; None on CPU")
-    # Above the engine's batch: the engine's scheduler, not Serve's router, should queue.
-    # At 64 (= 64 streams) a finished stream's slot was refilled only after the router
-    # heard of it: +309 ms TTFT at 64 streams on an H100 (README, "Serving hot path").
+    # Above the engine's batch: the engine's scheduler, not Serve's router, should queue
+    # (README, "Serving hot path").
     max_ongoing_requests: int = Field(256, gt=0, description="per replica, before queueing")
     max_queued_requests: int | None = Field(
         None, gt=0, description="requests waiting for a replica (per proxy) beyond which new "

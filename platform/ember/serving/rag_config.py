@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
-from ember.models.catalogue import DEFAULT_EMBEDDER
+from ember.models.catalogue import DEFAULT_EMBEDDER, DEFAULT_RERANKER
 from ember.serving.config import LLMAppConfig, _Strict
 
 RAG_MODEL = "rag"  # `rag` uses the default collection; `rag:<collection>` names one
@@ -21,6 +23,23 @@ class RetrievalConfig(_Strict):
     score_threshold: float | None = Field(None, ge=-1, le=1)
     llm: str | None = Field(None, description="model that answers; default: the first model")
     default_max_tokens: int = Field(256, gt=0, description="for RAG requests that set none")
+    mode: Literal["dense", "keyword", "hybrid"] = Field(
+        "hybrid", description="dense vectors, BM25 keywords, or both fused by rank (RRF)")
+    rerank: bool = Field(False, description="rescore the best candidates with a cross-encoder")
+    rerank_candidates: int = Field(20, ge=1, le=200)
+    reranker: str | None = Field(DEFAULT_RERANKER, description="catalogue name or folder")
+    refresh_s: float = Field(5.0, ge=0, description="how often a replica checks a collection "
+                                                    "for a new version (then reloads it)")
+    memory_index_max_chunks: int = Field(
+        500_000, ge=0, description="larger collections are searched in Milvus (dense only)")
+
+    def search_settings(self):
+        from ember.serving.retrieval import SearchSettings
+
+        return SearchSettings(mode=self.mode, rerank=self.rerank,
+                              rerank_candidates=self.rerank_candidates, reranker=self.reranker,
+                              refresh_s=self.refresh_s,
+                              memory_index_max_chunks=self.memory_index_max_chunks)
 
     @model_validator(mode="after")
     def _top_k_in_range(self) -> RetrievalConfig:

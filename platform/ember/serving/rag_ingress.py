@@ -49,8 +49,10 @@ class RAGIngress(EmberIngress):
                  rag: dict | None = None, answering: dict | None = None, **kwargs) -> None:
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths, **kwargs)
         self.rag = RetrievalConfig(**(rag or {}))
-        self.retriever = Retriever(embedder, self.rag.milvus_uri, self.rag.max_top_k,
-                                   self.rag.score_threshold)
+        self.retriever = Retriever(self.rag.embedder, self.rag.milvus_uri, self.rag.max_top_k,
+                                   self.rag.score_threshold, self.rag.search_settings(),
+                                   embedder_handle=embedder)
+        self.retriever.warm(self.rag.default_collection)
         self.answering = answering or {}  # {"model", "tokenizer", "max_model_len"}
         self._tokenizer = None
 
@@ -79,7 +81,8 @@ class RAGIngress(EmberIngress):
                                 f"not served; served models: {served}", "model")
         question = _last_user_text(body.messages)
         try:
-            sources = await self.retriever.retrieve(question, collection, self.rag.top_k)
+            sources = (await self.retriever.retrieve(question, collection,
+                                                     self.rag.top_k)).sources
             max_tokens = body.max_tokens or body.max_completion_tokens \
                 or self.rag.default_max_tokens
             messages, kept = await self._fit(list(body.messages), sources, max_tokens)
@@ -112,13 +115,16 @@ class RAGIngress(EmberIngress):
         if refusal := self.gate.check_model(request_key(request), f"{RAG_MODEL}:{collection}"):
             return refusal
         try:
-            sources = await self.retriever.retrieve(body.query, collection,
-                                                    self._top_k(body.top_k))
+            found = await self.retriever.retrieve(body.query, collection,
+                                                  self._top_k(body.top_k), body.mode,
+                                                  body.rerank)
         except RetrievalError as exc:
             return self._error(exc, "retrieve")
         REQUESTS.labels("retrieve", "200").inc()
         return JSONResponse({"collection": collection, "query": body.query,
-                             "hits": [s.as_dict() for s in sources]})
+                             "mode": found.mode, "reranked": found.reranked,
+                             "notices": found.notices,
+                             "hits": [s.as_dict() for s in found.sources]})
 
     async def generate(self, body: GenerateRequest, request: Request) -> Response:
         chat = self._chat_request(body.model or self.answering["model"],
@@ -134,8 +140,8 @@ class RAGIngress(EmberIngress):
         if refusal := self._refusal(request, body, f"{RAG_MODEL}:{collection}"):
             return refusal
         try:
-            sources = await self.retriever.retrieve(body.question, collection,
-                                                    self._top_k(body.top_k))
+            sources = (await self.retriever.retrieve(body.question, collection,
+                                                     self._top_k(body.top_k))).sources
             messages, kept = await self._fit([{"role": "user", "content": body.question}],
                                              sources, body.max_tokens)
         except (RetrievalError, ContextTooLong) as exc:
@@ -150,7 +156,7 @@ class RAGIngress(EmberIngress):
 
     async def health(self) -> Response:
         try:
-            info = await asyncio.wait_for(self.retriever.embedder_info(), timeout=10)
+            info = await asyncio.wait_for(self.retriever.embedder.info.remote(), timeout=10)
             collections = await asyncio.wait_for(self._collections(), timeout=10)
         except Exception as exc:  # noqa: BLE001 - any failing dependency means unhealthy
             return JSONResponse({"status": "unhealthy", "error": f"{type(exc).__name__}: {exc}"},

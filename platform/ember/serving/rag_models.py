@@ -13,6 +13,8 @@ class RetrieveRequest(_Request):
     query: str
     collection: str | None = Field(None, description="default: the app's default collection")
     top_k: int | None = None
+    mode: str | None = Field(None, description="dense | keyword | hybrid; default: rag.mode")
+    rerank: bool | None = Field(None, description="cross-encoder rescoring; default: rag.rerank")
 
 
 class GenerateRequest(_Request):

@@ -27,6 +27,7 @@ from ember.errors import EmberError
 TEXT_MAX, TITLE_MAX, SOURCE_MAX = 65535, 1024, 2048  # VARCHAR limits, in bytes
 LEDGER_SUFFIX = "__files"
 EMBEDDER_KEY, DIM_KEY = "ember.embedder", "ember.dim"
+VERSION_KEY = "ember.version"  # changed by every ingestion that changes the chunks
 
 
 class CollectionNotFound(EmberError):
@@ -195,6 +196,28 @@ class MilvusStore:
             self.client.flush(collection)
             self.client.load_collection(collection)
 
+    def mark_changed(self, name: str) -> str:
+        """Give the collection a new version, so serving replicas reload their index."""
+        import uuid
+
+        version = uuid.uuid4().hex
+        self.client.alter_collection_properties(name, properties={VERSION_KEY: version})
+        return version
+
+    def version(self, name: str) -> str:
+        """The collection's version (older collections: their row count)."""
+        if not self.exists(name):
+            raise CollectionNotFound(f"collection '{name}' does not exist; existing: "
+                                     f"{', '.join(self.collections()) or '(none)'}")
+        properties = self.client.describe_collection(name).get("properties") or {}
+        return properties.get(VERSION_KEY) or f"rows:{self.count(name)}"
+
+    def read_all(self, name: str, batch: int = 2000) -> list[dict]:
+        """Every chunk with its vector (for the serving replicas' in-memory index)."""
+        self.client.load_collection(name)
+        return self._query_all(name, "position >= 0",
+                               ["text", "source", "title", "position", "vector"], batch)
+
     def search(self, name: str, vector: list[float], top_k: int) -> list[Hit]:
         if not self.exists(name):
             raise CollectionNotFound(f"collection '{name}' does not exist; existing: "
@@ -206,9 +229,10 @@ class MilvusStore:
         return [Hit(h["entity"]["text"], h["entity"]["source"], h["entity"]["title"],
                     h["entity"]["position"], float(h["distance"])) for h in results[0]]
 
-    def _query_all(self, name: str, expr: str, fields: list[str]) -> list[dict]:
+    def _query_all(self, name: str, expr: str, fields: list[str],
+                   batch: int = 1000) -> list[dict]:
         iterator = self.client.query_iterator(name, filter=expr, output_fields=fields,
-                                              batch_size=1000)
+                                              batch_size=batch)
         rows = []
         while batch := iterator.next():
             rows.extend(batch)
