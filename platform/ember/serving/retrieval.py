@@ -51,7 +51,7 @@ class Retrieved:
 
 @dataclass
 class SearchSettings:
-    mode: str = "hybrid"
+    mode: str = "dense"
     rerank: bool = False
     rerank_candidates: int = 20
     reranker: str | None = None
