@@ -125,6 +125,8 @@ CHUNKER_VERSION = "2"
 def _run_local(todo: dict[str, str], config: IngestConfig, embedder_path: str, uri: str,
                progress) -> dict:
     """A small corpus in this process: the same stages as the pipeline, without Ray Data."""
+    from collections import Counter
+
     from ember.data.milvus_sink import milvus_row
     from ember.data.stages import EmbedBatch, read_and_chunk
     from ember.vectorstore.milvus import MilvusStore
@@ -153,8 +155,7 @@ def _run_local(todo: dict[str, str], config: IngestConfig, embedder_path: str, u
                         vectors[start:start + config.write_batch_size], strict=True)])
         finally:
             store.close()
-        for row in real:
-            result["written"][row["file"]] = result["written"].get(row["file"], 0) + 1
+        result["written"] = dict(Counter(row["file"] for row in real))
     progress(f"  {len(real)} chunks written")
     return result
 
