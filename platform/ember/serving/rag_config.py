@@ -34,6 +34,8 @@ class RetrievalConfig(_Strict):
                                                     "for a new version (then reloads it)")
     memory_index_max_chunks: int = Field(
         500_000, ge=0, description="larger collections are searched in Milvus (dense only)")
+    query_threads: int = Field(1, ge=1, description="torch threads embedding a query in the "
+                                                    "replica (the engine shares the cores)")
 
     def search_settings(self):
         from ember.serving.retrieval import SearchSettings
@@ -41,7 +43,8 @@ class RetrievalConfig(_Strict):
         return SearchSettings(mode=self.mode, rerank=self.rerank,
                               rerank_candidates=self.rerank_candidates, reranker=self.reranker,
                               refresh_s=self.refresh_s,
-                              memory_index_max_chunks=self.memory_index_max_chunks)
+                              memory_index_max_chunks=self.memory_index_max_chunks,
+                              query_threads=self.query_threads)
 
     @model_validator(mode="after")
     def _top_k_in_range(self) -> RetrievalConfig:

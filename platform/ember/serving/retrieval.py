@@ -57,6 +57,7 @@ class SearchSettings:
     reranker: str | None = None
     refresh_s: float = 5.0
     memory_index_max_chunks: int = 500_000
+    query_threads: int = 1
 
 
 class Retriever:
@@ -90,12 +91,9 @@ class Retriever:
 
     def model(self):
         if self._model is None:
-            import torch
+            from ember.models.embedder import QueryEncoder
 
-            from ember.models.embedder import load_embedder
-
-            torch.set_num_threads(1)  # one short query; the engine needs the other cores
-            self._model = load_embedder(self.embedder_name)
+            self._model = QueryEncoder(self.embedder_name, self.settings.query_threads)
         return self._model
 
     def reranker(self):
@@ -180,9 +178,7 @@ class Retriever:
         return Retrieved(sources, mode, reranked, notices)
 
     def _embed(self, query: str):
-        from ember.models.embedder import embed
-
-        return embed(self.model(), [query])[0]
+        return self.model()(query)
 
     # --- snapshots ------------------------------------------------------------------
     def _snapshot(self, collection: str):
