@@ -3,9 +3,10 @@ and search latency on the resulting collection.
 
 Design choices:
 - A synthetic corpus is generated deterministically (seeded), so runs compare.
-- The baseline encodes the very chunk texts the pipeline wrote (read back from
-  Milvus) in this one process: the ratio of the two rates is what Ray Data,
-  the actor pool and the Milvus writes cost on top of the model.
+- The baseline encodes the very strings the pipeline embedded (the same files
+  chunked by the same stage, each chunk under its headings) in this one process:
+  the ratio of the two rates is what Ray Data, the actor pool and the Milvus
+  writes cost on top of the model.
 - Search latency is measured after the pipeline's flush and load, with
   queries embedded beforehand, so it is Milvus' time only.
 """
@@ -33,6 +34,24 @@ def make_corpus(folder: Path, files: int, paragraphs: int, seed: int = 7) -> Non
                          + "." for _ in range(rng.randint(4, 7))]
             paras.append(" ".join(sentences))
         (folder / f"doc-{i:05d}.md").write_text(f"# Document {i}\n\n" + "\n\n".join(paras))
+
+
+def embedded_texts(files: list[Path], config, limit: int) -> list[str]:
+    """What the pipeline embedded for the first `limit` chunks of `files`."""
+    from ember.data.stages import embed_text, read_and_chunk
+    from ember.models.catalogue import resolve_model
+
+    tokenizer = resolve_model(config.embedder)
+    texts: list[str] = []
+    for path in files:
+        for row in read_and_chunk({"path": str(path), "file_hash": ""}, tokenizer,
+                                  config.chunk_tokens, config.overlap_tokens,
+                                  config.jsonl_field, config.max_file_mb):
+            if not row["skip_reason"]:
+                texts.append(embed_text(row["section"], row["text"]))
+        if len(texts) >= limit:
+            break
+    return texts[:limit]
 
 
 def bare_encode_rate(texts: list[str], embedder: str, batch_size: int) -> float:

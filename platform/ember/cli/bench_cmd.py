@@ -111,7 +111,6 @@ def run_ingest_bench(args) -> int:
     from ember.bench import ingest_bench as b
     from ember.data.config import IngestConfig
     from ember.data.pipeline import run_ingest
-    from ember.data.stages import embed_text
     from ember.models.embedder import embed, load_embedder
     from ember.vectorstore.lite_server import shared_uri
     from ember.vectorstore.milvus import MilvusStore
@@ -126,10 +125,10 @@ def run_ingest_bench(args) -> int:
     report = run_ingest(config)
     print(report.format().splitlines()[0])
     store = MilvusStore(shared_uri(config.milvus_uri))
-    rows = store.client.query("bench", filter="position >= 0",
-                              output_fields=["text", "section"], limit=args.baseline_chunks)
-    # the very strings the pipeline embedded: each chunk under its headings
-    texts = [embed_text(r["section"], r["text"]) for r in rows]
+    # the very strings the pipeline embedded (each chunk under its headings), chunked
+    # again here with the same stage: Milvus keeps the text, not the heading path
+    texts = b.embedded_texts(sorted((work / "corpus").glob("*.md")), config,
+                             args.baseline_chunks)
     bare = b.bare_encode_rate(texts, config.embedder, config.embed_batch_size)
     queries = embed(load_embedder(config.embedder),
                     [" ".join(t.split()[:8]) for t in texts[: args.queries]])

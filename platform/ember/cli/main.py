@@ -14,6 +14,7 @@ import httpx
 
 from ember.cli import (
     ask_cmd,
+    batch_cmd,
     bench_cmd,
     chat_cmd,
     cluster_cmd,
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ember", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (models_cmd, cluster_cmd, keys_cmd, cost_cmd, monitor_cmd, chat_cmd, ask_cmd,
-                   ingest_cmd, data_cmd, eval_cmd, train_cmd, tune_cmd, bench_cmd):
+                   ingest_cmd, data_cmd, batch_cmd, eval_cmd, train_cmd, tune_cmd,
+                   bench_cmd):
         module.register(commands)
     return parser
 

@@ -1,0 +1,1 @@
+"""Batch inference: OpenAI batch files through vLLM on Ray Data LLM."""

@@ -1,0 +1,60 @@
+"""The engine stage: `ray.data.llm`'s vLLM processor, set up for Ember's batch lines.
+
+Prompts arrive rendered (the driver applied the chat template and counted tokens),
+so the processor's own chat-template and tokenizer stages are off and vLLM
+tokenizes once. Sampling options travel as one JSON string per row: Arrow keeps a
+column's type across rows, and options differ from line to line.
+
+On CPU the engine replica is a one-bundle placement group of `num_cpus` CPUs (Ray
+Data LLM asks for a GPU per replica otherwise) and vLLM's CPU KV cache is sized by
+VLLM_CPU_KVCACHE_SPACE. A failed request becomes that row's error
+(`should_continue_on_error`), not the job's.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ember.batch.requests import BatchLine
+
+
+def engine_rows(entries: list[BatchLine]) -> list[dict]:
+    return [{"line": e.line, "prompt": e.prompt,
+             "sampling": json.dumps({k: v for k, v in e.sampling.items()
+                                     if v is not None and v != []})}
+            for e in entries]
+
+
+def _to_engine(row: dict) -> dict:
+    return {"line": row["line"], "prompt": row["prompt"],
+            "sampling_params": json.loads(row["sampling"])}
+
+
+def _from_engine(row: dict) -> dict:
+    return {"line": row["line"], "text": row.get("generated_text") or "",
+            "tokens": int(row.get("num_generated_tokens") or 0),
+            "error": row.get("__inference_error__") or ""}
+
+
+def batch_processor(config, model_path: str):
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    bundle = {"CPU": config.num_cpus}
+    if config.num_gpus:
+        bundle["GPU"] = config.num_gpus
+    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if not config.num_gpus:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(config.kv_cache_gib)
+    processor_config = vLLMEngineProcessorConfig(
+        model_source=model_path,
+        engine_kwargs=dict(config.engine),
+        placement_group_config={"bundles": [bundle]},
+        runtime_env={"env_vars": env},
+        batch_size=config.batch_size,
+        concurrency=config.concurrency,
+        should_continue_on_error=True,
+        chat_template_stage=False,
+        tokenize_stage=False,
+        detokenize_stage=False,
+    )
+    return build_processor(processor_config, preprocess=_to_engine, postprocess=_from_engine)
