@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from ember.batch.job import check_lines, read_done, write_ordered
 from ember.batch.requests import error_result, is_ok, parse_line, success_result
 

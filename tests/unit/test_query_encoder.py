@@ -3,7 +3,6 @@ corpus) on the embedded model, traced or not."""
 
 import numpy as np
 import pytest
-
 from ember.models.catalogue import DEFAULT_EMBEDDER
 from ember.models.embedder import QueryEncoder, embed
 
