@@ -98,7 +98,7 @@ def auth(api_key) -> dict:
 
 
 @pytest.fixture(scope="session")
-def serve_config(milvus_uri, access_url) -> dict:
+def serve_config(milvus_uri, access_url, tmp_path_factory) -> dict:
     """cluster/serve/local.yaml with the session's port, Milvus file and keys database."""
     config = yaml.safe_load((REPO / "cluster" / "serve" / "local.yaml").read_text())
     config["http_options"]["port"] = free_port()
@@ -110,6 +110,9 @@ def serve_config(milvus_uri, access_url) -> dict:
     # Two engine replicas (each answers HTTP): per-key limits must hold across them
     # (test_access), and one of them is killed under load (test_serving_faults).
     args["models"][0]["autoscaling"].update(min_replicas=2, max_replicas=2)
+    # small Batch API ceilings, so test_batch_api can cross them cheaply
+    args["batch"].update(files_dir=str(tmp_path_factory.mktemp("batches")), max_lines=300,
+                         max_file_mb=1, sync_max_requests=8)
     assert args["rag"]["default_collection"] == COLLECTION
     return config
 

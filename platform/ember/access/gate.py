@@ -56,6 +56,8 @@ class AccessGate:
         self.config, self.limits = config, config.limits
         self.url = config.url()
         self.max_body = int(config.limits.max_body_mb * 1024 * 1024)
+        # routes with their own ceiling (uploads: /v1/files), path -> (bytes, setting)
+        self.path_limits: dict[str, tuple[int, str]] = {}
         if config.auth:
             check_ready(self.url)  # no keys database: no service (never an open door)
             self.keys = KeyLookup(self.url, config.key_cache_s)
@@ -70,6 +72,9 @@ class AccessGate:
             self.keeper.set_prices.remote(self.prices)
 
     # --- before the route ----------------------------------------------------
+    def body_limit(self, path: str) -> tuple[int, str]:
+        return self.path_limits.get(path, (self.max_body, "access.limits.max_body_mb"))
+
     def authenticate(self, headers: dict[bytes, bytes]) -> ApiKey | JSONResponse | None:
         if self.keys is None:
             return None
@@ -239,7 +244,8 @@ class AccessMiddleware:
             return
         started = time.perf_counter()
         headers = dict(scope.get("headers") or [])
-        key, rejection = None, _too_large(headers, gate.max_body)
+        limit = gate.body_limit(scope["path"])
+        key, rejection = None, _too_large(headers, limit)
         if rejection is None:
             found = gate.authenticate(headers)
             key, rejection = (None, found) if isinstance(found, JSONResponse) else (found, None)
@@ -251,11 +257,12 @@ class AccessMiddleware:
                 await rejection(scope, receive, meter.wrap(send, scope))
             else:
                 scope.setdefault("state", {})["ember_key"] = key
-                await self._run(scope, receive, send, gate, meter)
+                await self._run(scope, receive, send, limit, meter)
         finally:  # a stream the client abandoned is recorded too (status as sent)
             gate.record(key, scope["path"], meter, started)
 
-    async def _run(self, scope, receive, send, gate: AccessGate, meter: UsageMeter) -> None:
+    async def _run(self, scope, receive, send, limit: tuple[int, str],
+                   meter: UsageMeter) -> None:
         received = 0
         over = False
 
@@ -264,7 +271,7 @@ class AccessMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > gate.max_body:
+                if received > limit[0]:
                     over = True
                     return {"type": "http.disconnect"}
             return message
@@ -285,17 +292,18 @@ class AccessMiddleware:
             if not over:
                 raise
         if over and not started:
-            await _body_error(gate.max_body)(scope, receive, metered)
+            await _body_error(limit)(scope, receive, metered)
 
 
-def _too_large(headers: dict[bytes, bytes], limit: int) -> JSONResponse | None:
+def _too_large(headers: dict[bytes, bytes], limit: tuple[int, str]) -> JSONResponse | None:
     try:
         length = int(headers.get(b"content-length", b"0"))
     except ValueError:
         return openai_error(400, "Content-Length is not a number.")
-    return _body_error(limit) if length > limit else None
+    return _body_error(limit) if length > limit[0] else None
 
 
-def _body_error(limit: int) -> JSONResponse:
-    return openai_error(413, f"Request body larger than {limit / 1024 / 1024:g} MB "
-                             f"(access.limits.max_body_mb).")
+def _body_error(limit: tuple[int, str]) -> JSONResponse:
+    size, setting = limit
+    return openai_error(413, f"Request body larger than {size / 1024 / 1024:g} MB "
+                             f"({setting}).")

@@ -54,3 +54,38 @@ SPEND = sa.Table(
     sa.Column("tokens", sa.Integer, nullable=False, server_default="0"),
     sa.Column("usd", sa.Float, nullable=False),
 )
+
+# The OpenAI Batch API's files and batches (`/v1/files`, `/v1/batches`): the contents
+# live on disk (`path`), these rows say whose they are and where each batch stands.
+BATCH_FILES = sa.Table(
+    "batch_files", METADATA,
+    sa.Column("id", sa.String(64), primary_key=True),  # file-<hex>
+    sa.Column("key_id", sa.Integer, sa.ForeignKey("api_keys.id"), nullable=True, index=True),
+    sa.Column("filename", sa.String(256), nullable=False),
+    sa.Column("purpose", sa.String(32), nullable=False),  # batch, batch_output
+    sa.Column("bytes", sa.Integer, nullable=False),
+    sa.Column("lines", sa.Integer, nullable=False),
+    sa.Column("path", sa.String(1024), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+BATCHES = sa.Table(
+    "batches", METADATA,
+    sa.Column("id", sa.String(64), primary_key=True),  # batch_<hex>
+    sa.Column("key_id", sa.Integer, sa.ForeignKey("api_keys.id"), nullable=True, index=True),
+    sa.Column("input_file_id", sa.String(64), sa.ForeignKey("batch_files.id"), nullable=False),
+    sa.Column("endpoint", sa.String(64), nullable=False),
+    sa.Column("model", sa.String(256), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False, index=True),
+    sa.Column("output_file_id", sa.String(64), nullable=True),
+    sa.Column("error_file_id", sa.String(64), nullable=True),
+    sa.Column("total", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("completed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("failed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text, nullable=True),  # why the batch itself failed
+    sa.Column("metadata", sa.JSON, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("in_progress_at", sa.Float, nullable=True),
+    sa.Column("finished_at", sa.Float, nullable=True),  # completed, failed or cancelled
+    sa.Column("cancelled_at", sa.Float, nullable=True),
+)

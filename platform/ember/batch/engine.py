@@ -7,13 +7,17 @@ column's type across rows, and options differ from line to line.
 
 On CPU the engine replica is a one-bundle placement group of `num_cpus` CPUs (Ray
 Data LLM asks for a GPU per replica otherwise) and vLLM's CPU KV cache is sized by
-VLLM_CPU_KVCACHE_SPACE. A failed request becomes that row's error
+VLLM_CPU_KVCACHE_SPACE; its processes run at a lower OS priority (`nice`) than
+the online service. A failed request becomes that row's error
 (`should_continue_on_error`), not the job's.
 """
 
 from __future__ import annotations
 
 import json
+import os
+
+from ray.llm._internal.batch.stages.vllm_engine_stage import vLLMEngineStageUDF
 
 from ember.batch.requests import BatchLine
 
@@ -42,7 +46,8 @@ def batch_processor(config, model_path: str):
     bundle = {"CPU": config.num_cpus}
     if config.num_gpus:
         bundle["GPU"] = config.num_gpus
-    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "EMBER_BATCH_NICE": str(config.nice)}
     if not config.num_gpus:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(config.kv_cache_gib)
     processor_config = vLLMEngineProcessorConfig(
@@ -57,4 +62,28 @@ def batch_processor(config, model_path: str):
         tokenize_stage=False,
         detokenize_stage=False,
     )
-    return build_processor(processor_config, preprocess=_to_engine, postprocess=_from_engine)
+    processor = build_processor(processor_config, preprocess=_to_engine,
+                                postprocess=_from_engine)
+    for name in processor.list_stage_names():
+        stage = processor.get_stage_by_name(name)
+        if stage.fn.__name__ == "vLLMEngineStageUDF":
+            # not `stage.fn = ...`: assignment re-runs the stage's validator, which
+            # recomputes its resources without the placement group (and asks for a GPU)
+            object.__setattr__(stage, "fn", NiceEngineUDF)
+    return processor
+
+
+class NiceEngineUDF(vLLMEngineStageUDF):
+    """Ray Data LLM's engine stage, started at a lower OS priority (EMBER_BATCH_NICE
+    levels below the Ray worker's: Ray starts workers at nice 15, so 19 by default).
+
+    On cores shared with the online engine, online requests go first and the batch
+    takes what they leave. vLLM's engine-core and worker processes are the actor's
+    children and inherit the priority. A Ray worker setup hook would be the public
+    way, but Ray applies those only job-wide; this subclass is Ember's one coupling to
+    `ray.llm._internal.batch`.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        os.nice(int(os.environ.get("EMBER_BATCH_NICE", "0")))
+        super().__init__(*args, **kwargs)

@@ -54,6 +54,8 @@ class BatchConfig(BaseModel):
     default_max_tokens: int = Field(256, ge=1)
     max_lines: int = Field(100_000, ge=1)
     kv_cache_gib: int = Field(2, ge=1, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")
+    nice: int = Field(10, ge=0, le=19, description="OS priority of the engine's processes: "
+                                                   "above 0, online serving goes first")
 
     @property
     def output_path(self) -> Path:
@@ -74,7 +76,8 @@ class BatchReport:
     ran: int = 0
     failed: int = 0
     output_tokens: int = 0
-    engine_seconds: float = 0.0
+    engine_seconds: float = 0.0  # the engine part: start-up, then every request
+    first_result_s: float = 0.0  # into the engine part, when the first result came
     seconds: float = 0.0
     output: str = ""
 
@@ -154,7 +157,9 @@ def resolve_batch_model(ref: str) -> str:
     return resolve_model(ref)
 
 
-def run_batch(config: BatchConfig, progress=print) -> BatchReport:
+def run_batch(config: BatchConfig, progress=print, on_result=None) -> BatchReport:
+    """Run the lines the output lacks; `on_result(completed, failed)` after each result
+    (counts over the whole batch so far)."""
     from transformers import AutoTokenizer
 
     start = time.monotonic()
@@ -170,19 +175,21 @@ def run_batch(config: BatchConfig, progress=print) -> BatchReport:
     report.already_done = sum(1 for e in entries if e.custom_id in results)
     pending = [e for e in entries if e.custom_id is not None and e.custom_id not in results]
     config.output_path.parent.mkdir(parents=True, exist_ok=True)
-    with config.output_path.open("a") as out:
+    with config.output_path.open("a") as file:
+        out = _Output(file, results, on_result)
         for entry in pending:
             if not entry.runnable:  # checked on the driver: no engine needed
-                results[entry.custom_id] = _append(out, error_result(entry))
+                out.add(entry.custom_id, error_result(entry))
         to_run = [e for e in pending if e.runnable]
         progress(f"{report.lines} lines: {report.already_done} already in "
                  f"{config.output_path}, {len(to_run)} to run, "
                  f"{sum(not e.runnable for e in entries)} refused before the engine")
         if to_run:
             engine_start = time.monotonic()
-            ran = _run_engine(config, model_path, to_run, out, results, progress)
+            ran, tokens, first = _run_engine(config, model_path, to_run, out, progress)
             report.engine_seconds = time.monotonic() - engine_start
-            report.ran, report.output_tokens = ran
+            report.ran, report.output_tokens = ran, tokens
+            report.first_result_s = first - engine_start
     write_ordered(config.output_path, entries, results)
     report.failed = sum(1 for e in entries
                         if e.custom_id is None or not is_ok(results[e.custom_id]))
@@ -190,15 +197,28 @@ def run_batch(config: BatchConfig, progress=print) -> BatchReport:
     return report
 
 
-def _append(out, record: dict) -> dict:
-    out.write(json.dumps(record) + "\n")
-    out.flush()  # a killed job keeps every result it wrote
-    return record
+class _Output:
+    """The results file being appended to, and the counts it holds."""
+
+    def __init__(self, file, results: dict[str, dict], on_result=None) -> None:
+        self.file, self.results, self.on_result = file, results, on_result
+        self.completed = sum(1 for r in results.values() if is_ok(r))
+        self.failed = len(results) - self.completed
+
+    def add(self, custom_id: str, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()  # a killed job keeps every result it wrote
+        self.results[custom_id] = record
+        if is_ok(record):
+            self.completed += 1
+        else:
+            self.failed += 1
+        if self.on_result is not None:
+            self.on_result(self.completed, self.failed)
 
 
-def _run_engine(config: BatchConfig, model_path: str, to_run: list[BatchLine], out,
-                results: dict, progress) -> tuple[int, int]:
-    from ember.batch.engine import batch_processor, engine_rows
+def _run_engine(config: BatchConfig, model_path: str, to_run: list[BatchLine], out: _Output,
+                progress) -> tuple[int, int, float]:
     from ember.cluster.local import connect_ray
     from ember.data.progress import quiet_ray_data, ray_logs_to
 
@@ -206,9 +226,12 @@ def _run_engine(config: BatchConfig, model_path: str, to_run: list[BatchLine], o
     log = _run_folder() / "ray.log"
     progress(f"Ray's logs for this run: {log}")
     with ray_logs_to(log):
+        import ray
+
+        from ember.batch.engine import batch_processor, engine_rows  # vLLM logs on import
+
         connect_ray(log_to_driver=False)
         quiet_ray_data()
-        import ray
 
         dataset = ray.data.from_items(engine_rows(to_run))
         processor = batch_processor(config, model_path)
@@ -224,10 +247,10 @@ def _run_engine(config: BatchConfig, model_path: str, to_run: list[BatchLine], o
                 record = success_result(entry, config.model_name, row["text"],
                                         int(row["tokens"]))
                 tokens += int(row["tokens"])
-            results[entry.custom_id] = _append(out, record)
+            out.add(entry.custom_id, record)
             done += 1
             ticker.tick(done, tokens)
-    return done, tokens
+    return done, tokens, ticker.first or time.monotonic()
 
 
 def _run_folder() -> Path:
@@ -253,11 +276,15 @@ class _Ticker:
         if now - self.last < self.every_s and done < self.total:
             return
         self.last = now
-        elapsed = max(now - self.start, 1e-6)
-        rate = done / elapsed
-        eta = (self.total - done) / rate if rate else 0
+        # rates since the first result: the engine's start-up is not throughput
+        elapsed = now - self.first
+        if elapsed < 1.0:  # results arrive in batches: no rate from one burst
+            self.progress(f"  {done}/{self.total} requests")
+            return
+        rate = (done - 1) / elapsed
+        eta = f"ETA {(self.total - done) / rate:.0f}s" if rate else "first result"
         self.progress(f"  {done}/{self.total} requests, {rate:.2f} req/s, "
-                      f"{tokens / elapsed:.1f} output tok/s, ETA {eta:.0f}s")
+                      f"{tokens / elapsed:.1f} output tok/s, {eta}")
 
 
 def main(argv: list[str] | None = None) -> int:

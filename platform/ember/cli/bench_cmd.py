@@ -47,6 +47,16 @@ def register(commands) -> None:
     ingest.add_argument("--baseline-chunks", type=int, default=4096,
                         help="chunks the bare-model baseline encodes (a rate needs no more)")
     ingest.set_defaults(func=run_ingest_bench)
+    batch = sub.add_parser("batch", help="batch job vs offline vllm.LLM.generate vs the online "
+                                         "service, and online latency while a batch runs")
+    batch.add_argument("--model", default="smollm2-135m-instruct")
+    batch.add_argument("--lines", type=int, default=300)
+    batch.add_argument("--max-tokens", type=int, default=32)
+    batch.add_argument("--url", help="the online service (e.g. http://127.0.0.1:8000): "
+                                     "adds its rows")
+    batch.add_argument("--online-concurrency", type=int, default=32)
+    batch.add_argument("--workdir", default="/tmp/ember-bench-batch")
+    batch.set_defaults(func=run_batch_bench)
 
 
 def parse_target(spec: str, default_model: str | None):
@@ -136,3 +146,81 @@ def run_ingest_bench(args) -> int:
     latencies = b.search_latencies(store, "bench", list(queries), args.top_k)
     print(b.summarize(report.chunks_per_s, bare, latencies, total))
     return 0
+
+
+def run_batch_bench(args) -> int:
+    import os
+    import shutil
+    import threading
+    from pathlib import Path
+
+    from ember.batch.job import CPU_ENGINE, BatchConfig, check_lines, resolve_batch_model, run_batch
+    from ember.bench import batch_bench as b
+
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    lines = b.make_lines(args.lines, args.model, args.max_tokens)
+    (work / "batch.jsonl").write_text("\n".join(lines) + "\n")
+    model_path = resolve_batch_model(args.model)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    entries = check_lines(list(enumerate(lines, 1)), args.model, tokenizer,
+                          CPU_ENGINE["max_model_len"], args.max_tokens)
+    (work / "prompts.json").write_text(json.dumps([e.prompt for e in entries]))
+    rows = []
+
+    print(f"offline vllm.LLM.generate, {len(lines)} prompts ...")
+    offline = b.offline_generate(model_path, str(work / "prompts.json"), args.max_tokens,
+                                 CPU_ENGINE)
+    rows.append(("offline vllm.LLM.generate", offline["start_s"] + offline["generate_s"],
+                 offline["generate_s"], sum(offline["tokens"])))
+
+    def batch_job(output: str, source: str = "batch.jsonl"):
+        return run_batch(BatchConfig(input=str(work / source), model=args.model,
+                                     output=str(work / output)), progress=lambda _: None)
+
+    # Ray Data LLM does not say when its engine is ready: a one-line batch measures the
+    # start-up (engine, workers, one short request), and the full batch's generation
+    # time is its engine time minus that
+    (work / "one.jsonl").write_text(lines[0] + "\n")
+    print("ember batch run, one line (start-up) ...")
+    startup = batch_job("one-out.jsonl", "one.jsonl").engine_seconds
+    print(f"ember batch run (Ray Data LLM), {len(lines)} lines ...")
+    report = batch_job("out1.jsonl")
+    rows.append(("ember batch run", report.engine_seconds,
+                 report.engine_seconds - startup, report.output_tokens))
+    key = os.environ.get("EMBER_API_KEY")
+    if args.url:
+        print(f"online service, concurrency {args.online_concurrency} ...")
+        online = asyncio.run(b.online_run(args.url, key, lines, args.online_concurrency))
+        rows.append((f"online service, c={args.online_concurrency}", online["seconds"],
+                     online["seconds"], sum(online["tokens"])))
+    print(_batch_table(rows, len(lines)))
+    if args.url:
+        body = json.loads(lines[0])["body"]
+        idle = b.latencies_c1(args.url, key, body, threading.Event(), limit=10)
+        stop, during = threading.Event(), []
+        probe = threading.Thread(target=lambda: during.extend(
+            b.latencies_c1(args.url, key, body, stop)))
+        print("online c=1 latency while a batch runs ...")
+        probe.start()
+        batch_job("out2.jsonl")
+        stop.set()
+        probe.join()
+        print(f"online c=1 latency ({args.max_tokens} tokens): idle p50 {b.median_ms(idle)} "
+              f"({len(idle)} requests), during a batch p50 {b.median_ms(during)} "
+              f"({len(during)} requests)")
+    return 0
+
+
+def _batch_table(rows, requests: int) -> str:
+    base = rows[0][3] / rows[0][2]  # offline output tok/s
+    lines = ["| path | whole run s | generation s | req/s | output tok/s | output tokens | "
+             "vs offline |", "|---|---|---|---|---|---|---|"]
+    for name, whole, generation, tokens in rows:
+        rate = tokens / generation
+        lines.append(f"| {name} | {whole:.1f} | {generation:.1f} | {requests / generation:.2f} "
+                     f"| {rate:.1f} | {tokens} | {rate / base:.2f}x |")
+    return "\n".join(lines)

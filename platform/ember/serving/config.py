@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ember.access.config import AccessConfig
+from ember.batch.config import BatchServiceConfig
 from ember.models.catalogue import DEFAULT_LLM
 
 
@@ -103,6 +104,7 @@ class LLMAppConfig(_Strict):
         default_factory=lambda: [ModelDeploymentConfig()], min_length=1
     )
     access: AccessConfig = Field(default_factory=AccessConfig)
+    batch: BatchServiceConfig = Field(default_factory=BatchServiceConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> LLMAppConfig:

@@ -30,17 +30,24 @@ from starlette.responses import Response
 
 from ember.access.config import AccessConfig
 from ember.access.gate import AccessGate, install_gate
+from ember.serving.batch_routes import BATCH_ROUTES, BatchRoutes
 from ember.serving.errors import openai_error
 
-ENDPOINTS = DEFAULT_ENDPOINTS  # Ray's OpenAI routes; `engine_server.routes_app` binds them
+# Ray's OpenAI routes and the Batch API; `engine_server.routes_app` binds them
+ENDPOINTS = {**DEFAULT_ENDPOINTS, **BATCH_ROUTES}
 
 
-class EmberIngress(OpenAiIngress):
+class EmberIngress(BatchRoutes, OpenAiIngress):
     def __init__(self, llm_deployments, model_cards, *, access: dict | None = None,
-                 prices: dict[str, float] | None = None, **kwargs) -> None:
+                 prices: dict[str, float] | None = None, batch: dict | None = None,
+                 **kwargs) -> None:
         super().__init__(llm_deployments, model_cards, **kwargs)
-        self.gate = AccessGate(AccessConfig(**(access or {})), prices)
+        access_config = AccessConfig(**(access or {}))
+        self.gate = AccessGate(access_config, prices)
         install_gate(self.gate)
+        self._init_batches(batch, access_config.url())
+        self.gate.path_limits["/v1/files"] = (int(self.batch_settings.max_file_mb * 2**20),
+                                              "batch.max_file_mb")
 
     def _refusal(self, request: Request, body, *models: str | None) -> Response | None:
         """403/400 for this key and body (its model, or `models` if given), or None."""

@@ -74,6 +74,13 @@ def build_llm_app(config: LLMAppConfig):
                              "ember.serving.ingress:ENDPOINTS")
 
 
+def batch_models(config: LLMAppConfig, llm_configs: list) -> dict:
+    """What a batch job needs of each served model: its folder and engine settings."""
+    return {m.name: {"source": c.model_loading_config.model_source,
+                     "engine": m.engine.to_engine_kwargs()}
+            for m, c in zip(config.models, llm_configs, strict=True)}
+
+
 def build_ingress_app(config: LLMAppConfig, ingress_cls: str, endpoint_map: str,
                       **ingress_kwargs):
     """The first model's engine deployment as the app's ingress (`engine_server`).
@@ -93,6 +100,8 @@ def build_ingress_app(config: LLMAppConfig, ingress_cls: str, endpoint_map: str,
     first, *others = [build_llm_config(m) for m in config.models]
     ingress_kwargs = {
         "access": config.access.model_dump(),
+        "batch": {"settings": config.batch.model_dump(),
+                  "models": batch_models(config, [first, *others])},
         "prices": {m.name: m.usd_per_hour for m in config.models if m.usd_per_hour is not None},
         "lora_paths": {}, **ingress_kwargs}
     return build_llm_deployment(

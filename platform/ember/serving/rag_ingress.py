@@ -22,11 +22,11 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
     ModelCard,
     ModelList,
 )
-from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
 from starlette.responses import JSONResponse, Response
 
 from ember.serving import streams
 from ember.serving.errors import openai_error
+from ember.serving.ingress import ENDPOINTS as EMBER_ENDPOINTS
 from ember.serving.ingress import EmberIngress, request_key
 from ember.serving.metrics import REQUESTS, render
 from ember.serving.prompt import ContextTooLong, fit_sources
@@ -41,7 +41,7 @@ RAG_ENDPOINTS = {
     "health": lambda app: app.get("/health"),
     "metrics": lambda app: app.get("/metrics"),
 }
-ENDPOINTS = {**DEFAULT_ENDPOINTS, **RAG_ENDPOINTS}
+ENDPOINTS = {**EMBER_ENDPOINTS, **RAG_ENDPOINTS}
 
 
 class RAGIngress(EmberIngress):
