@@ -30,13 +30,13 @@ def upload(client, lines: list[str]):
     return client.files.create(file=("batch.jsonl", io.BytesIO(data)), purpose="batch")
 
 
-def wait_for(client, batch_id: str, until, timeout_s: float = 900):
+def wait_for(client, batch_id: str, until, timeout_s: float = 900, every_s: float = 2):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         batch = client.batches.retrieve(batch_id)
         if until(batch):
             return batch
-        time.sleep(2)
+        time.sleep(every_s)
     raise AssertionError(f"batch {batch_id} still {batch.status}: {batch.request_counts}")
 
 
@@ -148,18 +148,20 @@ def test_a_batch_whose_runner_died_resumes(openai_client, ray_cluster, finished_
     import ray
     from ember.batch.service import runner_name
 
-    source = upload(openai_client, [chat_line(f"k{i}", f"Name a colour, {i}.") for i in range(120)])
+    count = 150
+    source = upload(openai_client, [chat_line(f"k{i}", f"Describe colour number {i}.",
+                                              max_tokens=24) for i in range(count)])
     batch = openai_client.batches.create(input_file_id=source.id,
                                          endpoint="/v1/chat/completions",
                                          completion_window="24h")
-    running = wait_for(openai_client, batch.id,
-                       lambda b: b.request_counts.completed >= 16 or b.status in DONE)
+    running = wait_for(openai_client, batch.id, every_s=0.5,
+                       until=lambda b: b.request_counts.completed >= 1 or b.status in DONE)
     assert running.status == "in_progress"
     ray.kill(ray.get_actor(runner_name(batch.id), namespace="ember"))
     done = wait_for(openai_client, batch.id, lambda b: b.status in DONE)  # GET restarts it
-    assert done.status == "completed" and done.request_counts.completed == 120
+    assert done.status == "completed" and done.request_counts.completed == count
     out = lines_of(openai_client, done.output_file_id)
-    assert [r["custom_id"] for r in out] == [f"k{i}" for i in range(120)]
+    assert [r["custom_id"] for r in out] == [f"k{i}" for i in range(count)]
 
 
 def test_synchronous_batch_answers_in_order(base_url, auth):
