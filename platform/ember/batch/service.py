@@ -203,6 +203,15 @@ class BatchRunner:
         self.batch_id, self.job, self.max_running = batch_id, job, max_running
 
     def run(self) -> str:
+        """Run the batch, then end this detached actor (it would otherwise live on idle)."""
+        import ray
+
+        try:
+            return self._run()
+        finally:
+            ray.actor.exit_actor()
+
+    def _run(self) -> str:
         from ember.batch.job import BatchConfig, run_batch
 
         while not self.store.claim(self.batch_id, self.max_running):
