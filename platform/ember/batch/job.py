@@ -223,7 +223,9 @@ def _run_engine(config: BatchConfig, model_path: str, to_run: list[BatchLine], o
     from ember.data.progress import quiet_ray_data, ray_logs_to
 
     by_line = {e.line: e for e in to_run}
-    log = _run_folder() / "ray.log"
+    from ember.config.paths import new_run_folder
+
+    log = new_run_folder("batch") / "ray.log"  # ray_logs_to creates the folder
     progress(f"Ray's logs for this run: {log}")
     with ray_logs_to(log):
         import ray
@@ -251,14 +253,6 @@ def _run_engine(config: BatchConfig, model_path: str, to_run: list[BatchLine], o
             done += 1
             ticker.tick(done, tokens)
     return done, tokens, ticker.first or time.monotonic()
-
-
-def _run_folder() -> Path:
-    from ember.config.paths import runs_dir
-
-    folder = runs_dir() / f"batch-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 class _Ticker:

@@ -30,3 +30,11 @@ def run_dir() -> Path:
 def runs_dir() -> Path:
     """One folder per run of a job (ingestion, ...): its logs."""
     return ember_home() / "runs"
+
+
+def new_run_folder(name: str) -> Path:
+    """`runs_dir()/<name>-<time>-<pid>`, for one run's logs (created by whoever writes)."""
+    import os
+    import time
+
+    return runs_dir() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"

@@ -76,10 +76,9 @@ def run_ingest(config: IngestConfig, progress=print) -> IngestReport:
 
 
 def run_folder(collection: str) -> Path:
-    from ember.config.paths import runs_dir
+    from ember.config.paths import new_run_folder
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return runs_dir() / f"ingest-{collection}-{stamp}-{os.getpid()}"
+    return new_run_folder(f"ingest-{collection}")
 
 
 def _ingest(config: IngestConfig, progress) -> IngestReport:
