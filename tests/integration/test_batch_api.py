@@ -40,6 +40,16 @@ def wait_for(client, batch_id: str, until, timeout_s: float = 900, every_s: floa
     raise AssertionError(f"batch {batch_id} still {batch.status}: {batch.request_counts}")
 
 
+def short_then_long(prefix: str, count: int = 150, short: int = 32) -> list[str]:
+    """`short` one-token lines, then lines that must run 64 tokens: the engine batches
+    holding the short lines finish (and their results are written) while the long
+    ones still run, so a test can act on a batch that is part-way through."""
+    return [chat_line(f"{prefix}{i}", f"Describe colour number {i}.",
+                      **({"max_tokens": 1} if i < short else
+                         {"max_tokens": 64, "ignore_eos": True}))
+            for i in range(count)]
+
+
 def lines_of(client, file_id: str) -> list[dict]:
     return [json.loads(x) for x in client.files.content(file_id).text.splitlines()]
 
@@ -125,13 +135,12 @@ def test_bad_uploads_and_batches_get_clear_4xx(openai_client):
 
 
 def test_a_cancelled_batch_keeps_its_results(openai_client, finished_batch):
-    source = upload(openai_client, [chat_line(f"c{i}", f"Count to {i}.", max_tokens=16)
-                                    for i in range(150)])
+    source = upload(openai_client, short_then_long("c"))
     batch = openai_client.batches.create(input_file_id=source.id,
                                          endpoint="/v1/chat/completions",
                                          completion_window="24h")
-    running = wait_for(openai_client, batch.id,
-                       lambda b: b.request_counts.completed >= 16 or b.status in DONE)
+    running = wait_for(openai_client, batch.id, every_s=0.5,
+                       until=lambda b: b.request_counts.completed >= 16 or b.status in DONE)
     assert running.status == "in_progress"
     cancelled = openai_client.batches.cancel(batch.id)
     assert cancelled.status == "cancelled"
@@ -149,14 +158,13 @@ def test_a_batch_whose_runner_died_resumes(openai_client, ray_cluster, finished_
     from ember.batch.service import runner_name
 
     count = 150
-    source = upload(openai_client, [chat_line(f"k{i}", f"Describe colour number {i}.",
-                                              max_tokens=24) for i in range(count)])
+    source = upload(openai_client, short_then_long("k", count))
     batch = openai_client.batches.create(input_file_id=source.id,
                                          endpoint="/v1/chat/completions",
                                          completion_window="24h")
     running = wait_for(openai_client, batch.id, every_s=0.5,
                        until=lambda b: b.request_counts.completed >= 1 or b.status in DONE)
-    assert running.status == "in_progress"
+    assert running.status == "in_progress" and running.request_counts.completed < count
     ray.kill(ray.get_actor(runner_name(batch.id), namespace="ember"))
     done = wait_for(openai_client, batch.id, lambda b: b.status in DONE)  # GET restarts it
     assert done.status == "completed" and done.request_counts.completed == count

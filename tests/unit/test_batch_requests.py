@@ -49,6 +49,7 @@ def test_a_completion_line_and_default_max_tokens():
     (chat("x", n=2), 400, "'n'"),
     (chat("x", logit_bias={}), 400, "logit_bias"),
     (chat("x", max_tokens=0), 400, "max_tokens"),
+    (chat("x", ignore_eos="yes"), 400, "ignore_eos"),
     (json.dumps({"custom_id": "x", "url": "/v1/chat/completions",
                  "body": {"messages": []}}), 400, "messages"),
     (chat("x", content="y" * 200, max_tokens=10), 400, "exceeds the model's context"),
@@ -92,3 +93,22 @@ def test_results_are_rewritten_in_input_order_one_per_line(tmp_path):
 def test_parse_line_keeps_the_custom_id_of_a_refused_request():
     entry = parse_line(3, chat("keep", stream=True), MODEL)
     assert entry.custom_id == "keep" and "stream" in entry.error.message
+
+
+def test_every_engine_row_carries_every_sampling_option():
+    """Rows of one Ray Data block share one Arrow struct: an option one line leaves out
+    must not reach vLLM as None (a None ignore_eos hung the engine)."""
+    import vllm
+    from ember.batch.engine import engine_rows
+    from ember.batch.requests import SAMPLING_KEYS
+
+    lines = [(1, chat("a")), (2, chat("b", temperature=0, ignore_eos=True, stop="x")),
+             (3, chat("c", seed=3, top_p=0.5))]
+    entries = check_lines(lines, MODEL, CharTokenizer(), 1000, 16)
+    options = [json.loads(row["sampling"]) for row in engine_rows(entries)]
+    assert set(options[0]) == set(SAMPLING_KEYS) - {"max_completion_tokens"}
+    assert all(set(o) == set(options[0]) for o in options)
+    assert all(v is not None for o in options for k, v in o.items() if k != "seed")
+    assert options[1]["ignore_eos"] is True and options[1]["stop"] == ["x"]
+    for o in options:
+        vllm.SamplingParams(**o)

@@ -21,12 +21,22 @@ from ray.llm._internal.batch.stages.vllm_engine_stage import vLLMEngineStageUDF
 
 from ember.batch.requests import BatchLine
 
+# vLLM's SamplingParams defaults (OpenAI's too) for the options a line may leave out.
+# Every row carries every option: rows of one block become one Arrow struct column, where
+# an option missing from some rows reads back as None, and a None that vLLM's engine core
+# cannot decode (e.g. ignore_eos) kills its input thread and hangs the whole batch.
+SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "stop": [], "seed": None,
+                     "presence_penalty": 0.0, "frequency_penalty": 0.0, "ignore_eos": False}
+
 
 def engine_rows(entries: list[BatchLine]) -> list[dict]:
-    return [{"line": e.line, "prompt": e.prompt,
-             "sampling": json.dumps({k: v for k, v in e.sampling.items()
-                                     if v is not None and v != []})}
+    return [{"line": e.line, "prompt": e.prompt, "sampling": json.dumps(sampling_of(e))}
             for e in entries]
+
+
+def sampling_of(entry: BatchLine) -> dict:
+    given = {k: v for k, v in entry.sampling.items() if v is not None}
+    return {**SAMPLING_DEFAULTS, **given}
 
 
 def _to_engine(row: dict) -> dict:

@@ -235,7 +235,12 @@ def _run_engine(config: BatchConfig, model_path: str, to_run: list[BatchLine], o
         connect_ray(log_to_driver=False)
         quiet_ray_data()
 
-        dataset = ray.data.from_items(engine_rows(to_run))
+        # about one block per engine batch, in input order: Ray Data hands results back
+        # a task (a bundle of >= batch_size rows) at a time, so small blocks stream results
+        # (progress, resume) instead of returning the whole batch at the end; blocks of
+        # at least batch_size rows, or Ray Data bundles two into one task
+        blocks = max(1, len(to_run) // config.batch_size)
+        dataset = ray.data.from_items(engine_rows(to_run), override_num_blocks=blocks)
         processor = batch_processor(config, model_path)
         ticker = _Ticker(len(to_run), progress)
         done = tokens = 0

@@ -21,7 +21,7 @@ ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 # Sampling options the engine stage passes on; anything else in a body is refused by name
 # rather than silently ignored.
 SAMPLING_KEYS = ("max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed",
-                 "presence_penalty", "frequency_penalty")
+                 "presence_penalty", "frequency_penalty", "ignore_eos")
 IGNORED_KEYS = ("model", "messages", "prompt", "n", "stream", "user", "metadata", "store")
 
 
@@ -122,6 +122,8 @@ def _check_sampling(body: dict) -> LineError | None:
         value = body.get(key)
         if value is not None and (not isinstance(value, int | float) or value < 0):
             return LineError(400, f"'{key}' must be a non-negative number", key)
+    if not isinstance(body.get("ignore_eos", False), bool):  # vLLM's extension, as online
+        return LineError(400, "'ignore_eos' must be true or false", "ignore_eos")
     return None
 
 
@@ -135,6 +137,7 @@ def _sampling(body: dict) -> dict:
         "seed": body.get("seed"),
         "presence_penalty": body.get("presence_penalty"),
         "frequency_penalty": body.get("frequency_penalty"),
+        "ignore_eos": body.get("ignore_eos"),
     }
 
 

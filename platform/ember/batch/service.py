@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -98,6 +99,13 @@ class BatchStore:
     def update(self, batch_id: str, **values) -> None:
         with self.engine.begin() as db:
             db.execute(BATCHES.update().where(BATCHES.c.id == batch_id).values(**values))
+
+    def update_counts(self, batch_id: str, completed: int, failed: int) -> None:
+        """A running batch's counts (never over a cancelled or finished batch's final ones)."""
+        with self.engine.begin() as db:
+            db.execute(BATCHES.update().where(BATCHES.c.id == batch_id,
+                                              BATCHES.c.status == "in_progress")
+                       .values(completed=completed, failed=failed))
 
     def claim(self, batch_id: str, max_running: int) -> bool:
         """validating -> in_progress if fewer than `max_running` batches run."""
@@ -224,9 +232,11 @@ class BatchRunner:
             config = BatchConfig(**self.job)
             run_batch(config, progress=lambda _line: None, on_result=counter)
         except Exception as exc:  # noqa: BLE001 - the batch fails with the reason kept
+            counter.close()
             self.store.update(self.batch_id, status="failed", finished_at=time.time(),
                               error=f"{type(exc).__name__}: {exc}"[:2000])
             return "failed"
+        counter.close()
         if self.store.batch(self.batch_id)["status"] == "in_progress":
             self.store.update(self.batch_id, status="finalizing")
             finalize(self.store, batch, "completed")
@@ -234,14 +244,34 @@ class BatchRunner:
 
 
 class _CountsToRow:
-    """run_batch's per-result hook: the row's counts, written every couple of seconds."""
+    """run_batch's per-result hook: the row's counts, written every couple of seconds.
 
-    def __init__(self, store: BatchStore, batch_id: str, every_s: float = 2.0) -> None:
+    Results arrive in bursts (a Ray Data block at a time), so the counts are written by a
+    timer, not on arrival: a burst's last count would otherwise wait for the next burst.
+    """
+
+    def __init__(self, store: BatchStore, batch_id: str, every_s: float = 1.0) -> None:
         self.store, self.batch_id, self.every_s = store, batch_id, every_s
-        self.last = 0.0
+        self.latest: tuple[int, int] | None = None
+        self.written: tuple[int, int] | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="batch-counts", daemon=True)
+        self.thread.start()
 
-    def __call__(self, completed: int, failed: int, final: bool = False) -> None:
-        now = time.monotonic()
-        if final or now - self.last >= self.every_s:
-            self.last = now
-            self.store.update(self.batch_id, completed=completed, failed=failed)
+    def __call__(self, completed: int, failed: int) -> None:
+        self.latest = (completed, failed)
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join()
+        self._write()
+
+    def _loop(self) -> None:
+        while not self.done.wait(self.every_s):
+            self._write()
+
+    def _write(self) -> None:
+        latest = self.latest
+        if latest is not None and latest != self.written:
+            self.store.update_counts(self.batch_id, *latest)
+            self.written = latest

@@ -55,6 +55,11 @@ def register(commands) -> None:
     batch.add_argument("--url", help="the online service (e.g. http://127.0.0.1:8000): "
                                      "adds its rows")
     batch.add_argument("--online-concurrency", type=int, default=32)
+    batch.add_argument("--batch-size", type=int, action="append", dest="batch_sizes",
+                       help="Ray Data batch size of the batch job; repeat to compare several "
+                            "side by side (default: the job's default)")
+    batch.add_argument("--during-lines", type=int, default=100,
+                       help="lines of the batch that runs while online c=1 latency is taken")
     batch.add_argument("--workdir", default="/tmp/ember-bench-batch")
     batch.set_defaults(func=run_batch_bench)
 
@@ -177,9 +182,10 @@ def run_batch_bench(args) -> int:
     rows.append(("offline vllm.LLM.generate", offline["start_s"] + offline["generate_s"],
                  offline["generate_s"], sum(offline["tokens"])))
 
-    def batch_job(output: str, source: str = "batch.jsonl"):
+    def batch_job(output: str, source: str = "batch.jsonl", **options):
         return run_batch(BatchConfig(input=str(work / source), model=args.model,
-                                     output=str(work / output)), progress=lambda _: None)
+                                     output=str(work / output), **options),
+                         progress=lambda _: None)
 
     # Ray Data LLM does not say when its engine is ready: a one-line batch measures the
     # start-up (engine, workers, one short request), and the full batch's generation
@@ -187,10 +193,11 @@ def run_batch_bench(args) -> int:
     (work / "one.jsonl").write_text(lines[0] + "\n")
     print("ember batch run, one line (start-up) ...")
     startup = batch_job("one-out.jsonl", "one.jsonl").engine_seconds
-    print(f"ember batch run (Ray Data LLM), {len(lines)} lines ...")
-    report = batch_job("out1.jsonl")
-    rows.append(("ember batch run", report.engine_seconds,
-                 report.engine_seconds - startup, report.output_tokens))
+    for size in args.batch_sizes or [BatchConfig.model_fields["batch_size"].default]:
+        print(f"ember batch run (Ray Data LLM), {len(lines)} lines, batch_size {size} ...")
+        report = batch_job(f"out-{size}.jsonl", batch_size=size)
+        rows.append((f"ember batch run, batch_size {size}", report.engine_seconds,
+                     report.engine_seconds - startup, report.output_tokens))
     key = os.environ.get("EMBER_API_KEY")
     if args.url:
         print(f"online service, concurrency {args.online_concurrency} ...")
@@ -204,11 +211,14 @@ def run_batch_bench(args) -> int:
         stop, during = threading.Event(), []
         probe = threading.Thread(target=lambda: during.extend(
             b.latencies_c1(args.url, key, body, stop)))
-        print("online c=1 latency while a batch runs ...")
+        (work / "during.jsonl").write_text("\n".join(lines[:args.during_lines]) + "\n")
+        print(f"online c=1 latency while a {args.during_lines}-line batch runs ...")
         probe.start()
-        batch_job("out2.jsonl")
+        during_batch = batch_job("during-out.jsonl", "during.jsonl")
         stop.set()
         probe.join()
+        print(f"that batch: {during_batch.engine_seconds:.0f} s in the engine "
+              f"({during_batch.output_tokens} output tokens)")
         print(f"online c=1 latency ({args.max_tokens} tokens): idle p50 {b.median_ms(idle)} "
               f"({len(idle)} requests), during a batch p50 {b.median_ms(during)} "
               f"({len(during)} requests)")
