@@ -40,10 +40,12 @@ def wait_for(client, batch_id: str, until, timeout_s: float = 900, every_s: floa
     raise AssertionError(f"batch {batch_id} still {batch.status}: {batch.request_counts}")
 
 
-def short_then_long(prefix: str, count: int = 150, short: int = 32) -> list[str]:
+def short_then_long(prefix: str, count: int = 150, short: int = 64) -> list[str]:
     """`short` one-token lines, then lines that must run 64 tokens: the engine batches
     holding the short lines finish (and their results are written) while the long
-    ones still run, so a test can act on a batch that is part-way through."""
+    ones still run, so a test can act on a batch that is part-way through. Ray Data
+    hands back a block (>= batch_size rows, 32 by default) at a time: `short` must
+    fill at least the first block."""
     return [chat_line(f"{prefix}{i}", f"Describe colour number {i}.",
                       **({"max_tokens": 1} if i < short else
                          {"max_tokens": 64, "ignore_eos": True}))

@@ -22,7 +22,7 @@ class BatchServiceConfig(BaseModel):
     kv_cache_gib: int = Field(2, ge=1, description="its KV cache on CPU")
     nice: int = Field(10, ge=0, le=19, description="its processes' OS priority (nice): "
                                                    "online requests go first on shared cores")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(32, ge=1)
     sync_max_requests: int = Field(64, ge=1, description="POST /v1/batch: more answer 413")
     sync_concurrency: int = Field(8, ge=1, description="POST /v1/batch: requests in flight "
                                                        "at once on the online engine")
