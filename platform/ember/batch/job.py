@@ -220,11 +220,10 @@ class _Output:
 def _run_engine(config: BatchConfig, model_path: str, to_run: list[BatchLine], out: _Output,
                 progress) -> tuple[int, int, float]:
     from ember.cluster.local import connect_ray
+    from ember.config.paths import new_run_folder
     from ember.data.progress import quiet_ray_data, ray_logs_to
 
     by_line = {e.line: e for e in to_run}
-    from ember.config.paths import new_run_folder
-
     log = new_run_folder("batch") / "ray.log"  # ray_logs_to creates the folder
     progress(f"Ray's logs for this run: {log}")
     with ray_logs_to(log):
@@ -306,7 +305,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", action="append", default=[], metavar="KEY=JSON",
                         help="a vLLM engine setting over the CPU defaults, e.g. "
                              "max_num_seqs=128 or dtype='\"bfloat16\"'")
-    parser.add_argument("--batch-size", type=int, default=32,
+    parser.add_argument("--batch-size", type=int,
+                        default=BatchConfig.model_fields["batch_size"].default,
                         help="requests per Ray Data batch (32 measured best on CPU)")
     parser.add_argument("--concurrency", type=int, default=1, help="engine replicas")
     parser.add_argument("--num-gpus", type=float, default=0, help="per engine replica")

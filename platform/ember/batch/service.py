@@ -227,16 +227,14 @@ class BatchRunner:
                 return "not run"  # cancelled while waiting
             time.sleep(2)
         batch = self.store.batch(self.batch_id)
-        counter = _CountsToRow(self.store, self.batch_id)
         try:
-            config = BatchConfig(**self.job)
-            run_batch(config, progress=lambda _line: None, on_result=counter)
+            with _CountsToRow(self.store, self.batch_id) as counter:
+                run_batch(BatchConfig(**self.job), progress=lambda _line: None,
+                          on_result=counter)
         except Exception as exc:  # noqa: BLE001 - the batch fails with the reason kept
-            counter.close()
             self.store.update(self.batch_id, status="failed", finished_at=time.time(),
                               error=f"{type(exc).__name__}: {exc}"[:2000])
             return "failed"
-        counter.close()
         if self.store.batch(self.batch_id)["status"] == "in_progress":
             self.store.update(self.batch_id, status="finalizing")
             finalize(self.store, batch, "completed")
@@ -244,7 +242,7 @@ class BatchRunner:
 
 
 class _CountsToRow:
-    """run_batch's per-result hook: the row's counts, written every couple of seconds.
+    """run_batch's per-result hook: the row's counts, written every second.
 
     Results arrive in bursts (a Ray Data block at a time), so the counts are written by a
     timer, not on arrival: a burst's last count would otherwise wait for the next burst.
@@ -261,7 +259,11 @@ class _CountsToRow:
     def __call__(self, completed: int, failed: int) -> None:
         self.latest = (completed, failed)
 
-    def close(self) -> None:
+    def __enter__(self) -> _CountsToRow:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        """Stop the timer and write the last counts (before the row's status changes)."""
         self.done.set()
         self.thread.join()
         self._write()
