@@ -101,6 +101,16 @@ def test_embeddings_are_normalised_and_batched_consistently(base_url):
     assert all(max(abs(a - b) for a, b in zip(one, v, strict=True)) < 1e-4 for v in many)
 
 
+def test_replicas_embed_queries_with_onnx_runtime(base_url):
+    """The fastest query encoder that matches sentence-transformers (README "Retrieval")."""
+    seen = []
+    for _ in range(10):  # the session runs two replicas: ask until both answered
+        httpx.post(headers=AUTH(), url=f"{base_url}/v1/retrieve", json={"query": "fares"},
+                   timeout=60).raise_for_status()
+        seen.append(httpx.get(f"{base_url}/health", timeout=60).json()["query_encoder"])
+    assert set(seen) == {"onnx"}, seen
+
+
 def test_health_and_metrics(base_url):
     health = httpx.get(f"{base_url}/health", timeout=60).json()
     assert health["status"] == "ok" and COLLECTION in health["collections"]

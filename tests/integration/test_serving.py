@@ -102,3 +102,25 @@ def test_cli_chat_streams_the_answer(base_url):
          "--url", base_url, "--usage"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout and "completion tokens" in out.stderr
+
+
+def test_the_cpu_engine_workers_run_at_the_configured_niceness(base_url):
+    """local.yaml's default `cpu_worker_niceness` (-10): the engine replicas' vLLM worker
+    threads, and only theirs, get their core before the node's other processes."""
+    import os
+
+    import psutil
+    from ember.serving.config import ModelDeploymentConfig
+
+    wanted = ModelDeploymentConfig().cpu_worker_niceness
+    replicas = [p for p in psutil.process_iter(["name", "cmdline"])
+                if "ServeReplica:ember:LLMServer" in " ".join(p.info["cmdline"] or [])]
+    assert replicas, "no engine replica process found"
+    for replica in replicas:
+        workers = [c for c in replica.children(recursive=True)
+                   if c.name().startswith("VLLM::Worker")]
+        assert workers, f"engine replica {replica.pid} has no vLLM worker"
+        for worker in workers:
+            nice = {os.getpriority(os.PRIO_PROCESS, t.id) for t in worker.threads()}
+            assert nice == ({wanted} if os.geteuid() == 0 else {replica.nice()}), nice
+        assert replica.nice() == 0  # the rest of the replica keeps Ray's worker niceness

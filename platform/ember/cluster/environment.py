@@ -16,9 +16,17 @@ CLIENT_ENV = {"RAY_AUTH_MODE": "token", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_
 #   machine the engine lost CPU to Ray's own daemons and to the clients it serves
 #   (README: "Serving hot path");
 # - a dead worker's process group is killed with it: a SIGKILLed engine replica
-#   would otherwise leave its vLLM engine processes (GBs each) running.
+#   would otherwise leave its vLLM engine processes (GBs each) running;
+# - Serve's request path, lighter (Ray's "throughput optimized" settings, chosen
+#   by measurement: README "Serving hot path"): user code (the engine replica's
+#   ASGI app) on the replica's own event loop and the proxy's router on the
+#   proxy's loop, no thread hops; the proxy streams from replicas over gRPC
+#   instead of one Ray object per ASGI message.
 NODE_ENV = {
     "RAY_process_group_cleanup_enabled": "true",
     "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "ember.serving.stream_guard:proxy_middlewares",
     "RAY_worker_niceness": "0",
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_PROXY_USE_GRPC": "1",
 }

@@ -27,7 +27,8 @@ from ember.errors import ClusterError, EmberError
 
 # What a new model inherits from the app's first model: it runs on the same kind of replica.
 INHERITED_KEYS = ("engine", "autoscaling", "placement", "accelerator_type",
-                  "max_ongoing_requests", "env", "stream_batching_interval_ms")
+                  "max_ongoing_requests", "env", "stream_batching_interval_ms",
+                  "cpu_worker_niceness")
 
 
 def fetch_model(source: str, name: str, tracking_uri: str | None = None) -> Path:

@@ -88,6 +88,10 @@ class ModelDeploymentConfig(_Strict):
         None, gt=0, description="requests waiting for a replica (per proxy) beyond which new "
                                 "ones get 503 with Retry-After; None: no limit")
     env: dict[str, str] = Field(default_factory=dict, description="env vars of the replicas")
+    cpu_worker_niceness: int | None = Field(
+        -10, ge=-20, le=19, description="CPU engines: niceness of the vLLM worker's threads, "
+                                        "so the node's other processes yield its core "
+                                        "(needs CAP_SYS_NICE; None: unchanged)")
     stream_batching_interval_ms: float | None = Field(
         None, ge=0, description="streams of this model to RAG answers served by another "
                                 "model's replica are packed for this long (Ray's default 50)"

@@ -31,7 +31,10 @@ class EmbedderServer:
     async def _embed_one(self, texts: list[str]) -> list[list[float]]:
         from ember.models.embedder import embed
 
-        return [v.tolist() for v in embed(self.model, texts)]
+        # Off the event loop: Serve runs this replica's code on its own loop
+        # (RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0), health checks included.
+        vectors = await asyncio.to_thread(embed, self.model, texts)
+        return [v.tolist() for v in vectors]
 
 
 def build_embedder_deployment(embedder: str, num_cpus: float, num_replicas: int = 1):

@@ -28,27 +28,43 @@ one hop, in whatever batches the proxy takes them.
 from __future__ import annotations
 
 import json
+import logging
 from types import SimpleNamespace
 from typing import Any
 
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
 
+logger = logging.getLogger("ember.engine_server")
 HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
-class EmberServer(LLMServer):
+class EngineServer(LLMServer):
+    """Ray's LLMServer whose CPU engine worker gets its core first (`cpu_priority`)."""
+
+    async def __init__(self, llm_config, *, cpu_worker_niceness: int | None = None) -> None:
+        await super().__init__(llm_config)
+        from ember.serving.cpu_priority import on_cpu_engine, prioritise_engine_workers
+
+        if cpu_worker_niceness is not None and on_cpu_engine():
+            threads = prioritise_engine_workers(cpu_worker_niceness)
+            logger.info("engine worker threads at niceness %d: %d", cpu_worker_niceness,
+                        threads)
+
+
+class EmberServer(EngineServer):
     """An LLMServer whose replica also serves Ember's HTTP API (see the module doc)."""
 
     async def __init__(self, llm_config, *, ingress_cls: str, endpoint_map: str,
                    other_models: dict | None = None, model_cards: dict | None = None,
-                   ingress_kwargs: dict | None = None) -> None:
+                   ingress_kwargs: dict | None = None,
+                   cpu_worker_niceness: int | None = None) -> None:
         # Ember's routes first: their access gate refuses to start without the keys
         # database, before minutes of engine start-up.
         handles = {**(other_models or {}), llm_config.model_id: LocalHandle(self)}
         self._ingress = _load(ingress_cls)(handles, dict(model_cards or {}),
                                            **(ingress_kwargs or {}))
         self._endpoint_map = _load(endpoint_map)
-        await super().__init__(llm_config)
+        await super().__init__(llm_config, cpu_worker_niceness=cpu_worker_niceness)
 
     async def unfinished_requests(self) -> int:
         """Requests this replica's engine is still working on (through a Serve handle)."""

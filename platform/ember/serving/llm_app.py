@@ -95,9 +95,10 @@ def build_ingress_app(config: LLMAppConfig, ingress_cls: str, endpoint_map: str,
     from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
     from ray.serve.llm import build_llm_deployment
 
-    from ember.serving.engine_server import EmberServer
+    from ember.serving.engine_server import EmberServer, EngineServer
 
     first, *others = [build_llm_config(m) for m in config.models]
+    niceness = {m.name: m.cpu_worker_niceness for m in config.models}
     ingress_kwargs = {
         "access": config.access.model_dump(),
         "batch": {"settings": config.batch.model_dump(),
@@ -108,7 +109,10 @@ def build_ingress_app(config: LLMAppConfig, ingress_cls: str, endpoint_map: str,
         first, name_prefix="LLMServer:", deployment_cls=serve.ingress()(EmberServer),
         bind_kwargs={
             "ingress_cls": ingress_cls, "endpoint_map": endpoint_map,
-            "other_models": {c.model_id: build_llm_deployment(c) for c in others},
+            "other_models": {c.model_id: build_llm_deployment(
+                c, name_prefix="LLMServer:", deployment_cls=EngineServer,
+                bind_kwargs={"cpu_worker_niceness": niceness[c.model_id]}) for c in others},
             "model_cards": {c.model_id: to_model_metadata(c.model_id, c)
                             for c in [first, *others]},
-            "ingress_kwargs": ingress_kwargs})
+            "ingress_kwargs": ingress_kwargs,
+            "cpu_worker_niceness": niceness[first.model_id]})

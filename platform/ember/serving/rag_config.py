@@ -34,8 +34,11 @@ class RetrievalConfig(_Strict):
                                                     "for a new version (then reloads it)")
     memory_index_max_chunks: int = Field(
         500_000, ge=0, description="larger collections are searched in Milvus (dense only)")
-    query_threads: int = Field(1, ge=1, description="torch threads embedding a query in the "
+    query_threads: int = Field(1, ge=1, description="threads embedding a query in the "
                                                     "replica (the engine shares the cores)")
+    query_encoder: Literal["auto", "onnx", "torchscript", "encode"] = Field(
+        "auto", description="how the replica embeds a query: auto takes the fastest that "
+                            "matches sentence-transformers (ONNX Runtime, TorchScript, encode)")
 
     def search_settings(self):
         from ember.serving.retrieval import SearchSettings
@@ -44,7 +47,8 @@ class RetrievalConfig(_Strict):
                               rerank_candidates=self.rerank_candidates, reranker=self.reranker,
                               refresh_s=self.refresh_s,
                               memory_index_max_chunks=self.memory_index_max_chunks,
-                              query_threads=self.query_threads)
+                              query_threads=self.query_threads,
+                              query_encoder=self.query_encoder)
 
     @model_validator(mode="after")
     def _top_k_in_range(self) -> RetrievalConfig:

@@ -162,7 +162,8 @@ class RAGIngress(EmberIngress):
             return JSONResponse({"status": "unhealthy", "error": f"{type(exc).__name__}: {exc}"},
                                 status_code=503)
         return JSONResponse({"status": "ok", "models": sorted(self._model_cards),
-                             "embedder": info, "collections": collections})
+                             "embedder": info, "collections": collections,
+                             "query_encoder": self.retriever.query_encoder_backend()})
 
     async def metrics(self) -> Response:
         return Response(render(), media_type="text/plain; version=0.0.4")

@@ -58,6 +58,7 @@ class SearchSettings:
     refresh_s: float = 5.0
     memory_index_max_chunks: int = 500_000
     query_threads: int = 1
+    query_encoder: str = "auto"
 
 
 class Retriever:
@@ -91,10 +92,15 @@ class Retriever:
 
     def model(self):
         if self._model is None:
-            from ember.models.embedder import QueryEncoder
+            from ember.models.query_encoder import QueryEncoder
 
-            self._model = QueryEncoder(self.embedder_name, self.settings.query_threads)
+            self._model = QueryEncoder(self.embedder_name, self.settings.query_threads,
+                                       self.settings.query_encoder)
         return self._model
+
+    def query_encoder_backend(self) -> str | None:
+        """How this replica embeds queries (onnx, torchscript, encode); None before the first."""
+        return self._model.backend if self._model is not None else None
 
     def reranker(self):
         """The cross-encoder, or None with the reason kept for the notice."""
