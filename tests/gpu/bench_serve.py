@@ -3,8 +3,10 @@
 On the GPU test machine (notes/GPU.md, "GPU serving": vLLM 0.24 + Ray 2.58 there):
 
     bash ../shared/gpu/pack_serving.sh && bash tests/gpu/pack_assets.sh   # here
-    # p0..p3 stored, then with carry [".gpu-serve/p4", ".gpu/tokenizer"]:
-    source .gpu-serve/p4/setup.sh && python tests/gpu/bench_serve.py --out $OUT
+    # p0..p3 stored, then with carry [".gpu-serve/p4", ".gpu/tokenizer", ".gpu/extra"]:
+    source .gpu-serve/p4/setup.sh && \
+      python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/extra/*.whl && \
+      python tests/gpu/bench_serve.py --out $OUT
 
 Both servers serve the same random-weight 1.1B Llama (SmolLM2's tokenizer) with
 the same engine settings on the same GPU, each with 40% of its memory; Ember is

@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 from ember.serving.cpu_priority import WORKER_PREFIX, prioritise_engine_workers
@@ -21,34 +20,42 @@ time.sleep(60)
 """
 
 
-def _start(title: str) -> subprocess.Popen:
-    child = subprocess.Popen([sys.executable, "-c", CHILD, title], stdout=subprocess.PIPE,
-                             text=True)
-    assert child.stdout.readline().strip() == "ready"
-    return child
+PARENT = """
+import subprocess, sys, time
+children = [subprocess.Popen([sys.executable, "-c", sys.argv[1], title],
+                             stdout=subprocess.PIPE, text=True) for title in sys.argv[2:]]
+for child in children:
+    child.stdout.readline()
+print(" ".join(str(child.pid) for child in children), flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.fixture
+def replica():
+    """A stand-in for the engine replica's process: a vLLM-named worker and another
+    child under it (this test process may have other workers: a test cluster's)."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD, WORKER_PREFIX,
+                               "ray::IDLE"], stdout=subprocess.PIPE, text=True)
+    worker, other = (int(pid) for pid in parent.stdout.readline().split())
+    yield parent.pid, worker, other
+    for pid in (worker, other):
+        os.kill(pid, 9)
+    parent.kill()
+    parent.wait()
 
 
 def _niceness_of_threads(pid: int) -> set[int]:
     return {os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
 
 
-@pytest.fixture
-def children():
-    started = [_start(f"{WORKER_PREFIX}"), _start("ray::IDLE")]
-    time.sleep(0.2)
-    yield started
-    for child in started:
-        child.kill()
-        child.wait()
-
-
-def test_only_the_workers_threads_get_the_niceness(children):
-    worker, other = children
-    before = os.getpriority(os.PRIO_PROCESS, other.pid)
+def test_only_the_workers_threads_get_the_niceness(replica):
+    root, worker, other = replica
+    before = os.getpriority(os.PRIO_PROCESS, other)
     wanted = min(before + 5, 19)  # raising a niceness needs no privilege
-    assert prioritise_engine_workers(wanted) == 4  # the main thread and its three
-    assert _niceness_of_threads(worker.pid) == {wanted}
-    assert _niceness_of_threads(other.pid) == {before}
+    assert prioritise_engine_workers(wanted, root=root) == 4  # the main thread + three
+    assert _niceness_of_threads(worker) == {wanted}
+    assert _niceness_of_threads(other) == {before}
 
 
 def test_without_the_privilege_it_says_so_and_leaves_it():

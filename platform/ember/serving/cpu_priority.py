@@ -25,12 +25,13 @@ logger = logging.getLogger("ember.cpu_priority")
 WORKER_PREFIX = "VLLM::Worker"  # vLLM's process title for its engine workers
 
 
-def prioritise_engine_workers(niceness: int) -> int:
-    """Set every thread of this process's vLLM workers to `niceness`; the count set."""
+def prioritise_engine_workers(niceness: int, root: int | None = None) -> int:
+    """Set every thread of the vLLM workers under `root` (default: this process, the
+    engine replica) to `niceness`; returns how many threads were set."""
     import psutil
 
     threads = 0
-    for child in psutil.Process().children(recursive=True):
+    for child in psutil.Process(root).children(recursive=True):
         try:
             if not child.name().startswith(WORKER_PREFIX):
                 continue
