@@ -9,7 +9,7 @@ machine, MiniLM-L6; README "Retrieval"):
 
 1. `onnx`: the graph exported once to ONNX (cached beside the models, keyed by
    the model's files) and run by ONNX Runtime;
-2. `torchscript`: the transformer traced and frozen with TorchScript;
+2. `torchscript`: the same graph traced and frozen with TorchScript;
 3. `encode`: sentence-transformers itself (any other layout).
 
 Each backend is checked against `encode` at load (max abs difference 1e-4 on a
@@ -28,7 +28,8 @@ from pathlib import Path
 from ember.models.embedder import embed, load_embedder
 
 logger = logging.getLogger("ember.query_encoder")
-BACKENDS = ("onnx", "torchscript", "encode")
+FAST_BACKENDS = ("onnx", "torchscript")  # in order of speed; `encode` serves otherwise
+BACKENDS = (*FAST_BACKENDS, "encode")
 PROBE = "how do I read a file line by line"
 TOLERANCE = 1e-4
 
@@ -44,10 +45,8 @@ class QueryEncoder:
         self.threads = threads
         self.model = load_embedder(ref)
         self.backend, self._run = "encode", self._encode
-        wanted = BACKENDS[:-1] if backend == "auto" else (backend,)
-        for name in wanted:
-            if name == "encode":
-                break
+        candidates = {"auto": FAST_BACKENDS, "encode": ()}.get(backend, (backend,))
+        for name in candidates:
             try:
                 run = self._build(name)
                 diff = float(abs(run(PROBE) - self._encode(PROBE)).max())
@@ -120,7 +119,7 @@ class QueryEncoder:
         example = self._tokens("a probe query", "pt")
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # exporter notes on shapes: checked at load
-            torch.onnx.export(_Pooled(self.model[0].auto_model.eval()),
+            torch.onnx.export(_pooled(self.model[0].auto_model.eval()),
                               (example["input_ids"], example["attention_mask"]), str(partial),
                               input_names=["ids", "mask"], output_names=["vector"],
                               dynamic_axes={"ids": {0: "batch", 1: "tokens"},
@@ -137,7 +136,7 @@ class QueryEncoder:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings about shapes: checked at load
             traced = torch.jit.freeze(torch.jit.trace(
-                _Pooled(self.model[0].auto_model.eval()).eval(),
+                _pooled(self.model[0].auto_model.eval()),
                 (example["input_ids"], example["attention_mask"]), strict=False))
 
         def run(query: str):
@@ -147,13 +146,12 @@ class QueryEncoder:
         return run
 
 
-def _pooled_module():
+def _pooled(transformer):
+    """The transformer, mean pooling over real tokens and normalisation: one graph."""
     import torch
 
     class Pooled(torch.nn.Module):
-        """The transformer, mean pooling over real tokens and normalisation: one graph."""
-
-        def __init__(self, transformer) -> None:
+        def __init__(self) -> None:
             super().__init__()
             self.inner = transformer
 
@@ -163,11 +161,7 @@ def _pooled_module():
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, dim=1)
 
-    return Pooled
-
-
-def _Pooled(transformer):  # noqa: N802 - reads as the class it builds
-    return _pooled_module()(transformer)
+    return Pooled().eval()
 
 
 def _files_digest(folder: Path) -> str:
