@@ -60,3 +60,25 @@ def test_each_chunk_knows_the_headings_it_sits_under():
     assert linux.section == "Guide > Install > Linux"
     # a short last section joins the chunk before it, its heading kept with its text
     assert "## Usage\n\nRun it." in next(c for c in chunks if "Run it" in c.text).text
+
+
+TOKENIZER_TEXTS = ["Hello, world!", "The ferry leaves the pier at nine.",
+                   "naïve café — ÆØÅ: 東京 ✓", "functools.lru_cache(maxsize=128)",
+                   "word " * 400]  # past the tokenizer file's own truncation (128)
+
+
+def test_the_light_token_counter_counts_and_cuts_as_transformers_does():
+    """Read tasks count with the `tokenizers` library on the model's tokenizer.json;
+    the counts and cuts must be those of the transformers tokenizer they replace."""
+    from ember.data.tokens import load_counter
+    from ember.models.catalogue import DEFAULT_EMBEDDER, resolve_model
+    from transformers import AutoTokenizer
+
+    path = resolve_model(DEFAULT_EMBEDDER)
+    light, reference = load_counter(path), AutoTokenizer.from_pretrained(path)
+    for text in TOKENIZER_TEXTS:
+        expected = reference(text, add_special_tokens=False, return_offsets_mapping=True)
+        assert light.count(text) == len(expected["input_ids"])
+        window = expected["offset_mapping"][:50]
+        assert light.split(text, 50)[0] == text[window[0][0]:window[-1][1]].strip()
+    assert light.count("word " * 400) == 400

@@ -9,9 +9,12 @@ import os
 from ember.data.progress import Totals, describe, ray_logs_to, run_with_progress
 
 
-def snapshot(files=0, nbytes=0, chunks_read=0, written=0, first_write=None) -> dict:
+def snapshot(files=0, nbytes=0, chunks_read=0, written=0, first_write=None, last_write=None,
+             first_chunks=0) -> dict:
     return {"files_read": files, "bytes_read": nbytes, "chunks_read": chunks_read,
-            "chunks_written": written, "first_write": first_write}
+            "chunks_written": written, "first_write": first_write,
+            "last_write": first_write if last_write is None else last_write,
+            "first_chunks": first_chunks}
 
 
 def test_before_any_file_is_read_the_total_is_unknown():
@@ -22,16 +25,26 @@ def test_before_any_file_is_read_the_total_is_unknown():
 
 def test_expected_chunks_extrapolate_from_the_bytes_read():
     # 2 of 6 files read, 1000 of 4000 bytes, 10 chunks: 40 chunks expected in all.
-    state = snapshot(files=2, nbytes=1000, chunks_read=10, written=10, first_write=100.0)
-    line = describe(state, Totals(files=6, bytes=4000), now=105.0)
-    # 10 chunks in 5 s since the first write: 2 chunks/s, 30 to go: 15 s.
-    assert line == "2/6 files read, 10/40 chunks written, 2.0 chunks/s, ETA 15s"
+    state = snapshot(files=2, nbytes=1000, chunks_read=10, written=25, first_write=100.0,
+                     last_write=110.0, first_chunks=5)
+    line = describe(state, Totals(files=6, bytes=4000))
+    # 20 chunks in the 10 s after the first write: 2 chunks/s, 15 to go: 8 s.
+    assert line == "2/6 files read, 25/40 chunks written, 2.0 chunks/s, ETA 8s"
+
+
+def test_no_rate_until_the_writes_span_ten_seconds():
+    # Two actors' first blocks, a second apart, are not a rate of 700 chunks/s.
+    state = snapshot(files=4, nbytes=4000, chunks_read=40, written=20, first_write=100.0,
+                     last_write=101.0, first_chunks=10)
+    line = describe(state, Totals(files=8, bytes=8000))
+    assert line == "4/8 files read, 20/80 chunks written (measuring the rate)"
 
 
 def test_long_etas_read_in_minutes():
-    state = snapshot(files=1, nbytes=100, chunks_read=10, written=1, first_write=0.0)
-    line = describe(state, Totals(files=100, bytes=10_000), now=10.0)
-    assert line.endswith("0.1 chunks/s, ETA 166m30s")
+    state = snapshot(files=1, nbytes=100, chunks_read=10, written=2, first_write=0.0,
+                     last_write=10.0, first_chunks=1)
+    line = describe(state, Totals(files=100, bytes=10_000))
+    assert line.endswith("0.1 chunks/s, ETA 166m20s")  # 998 to go
 
 
 class FakeTracker:

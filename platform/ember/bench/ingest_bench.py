@@ -55,12 +55,31 @@ def embedded_texts(files: list[Path], config, limit: int) -> list[str]:
 
 
 def bare_encode_rate(texts: list[str], embedder: str, batch_size: int) -> float:
+    """sentence-transformers' `encode`, model loaded and warm, this process's cores."""
     from ember.models.embedder import embed, load_embedder
 
     model = load_embedder(embedder)
-    embed(model, texts[:64], batch_size)  # warm-up
+    return _rate(lambda batch: embed(model, batch, batch_size), texts)
+
+
+def bare_pipeline_encoder_rate(texts: list[str], embedder: str, batch_size: int,
+                               backend: str) -> tuple[str, float]:
+    """The encoder the pipeline's actor uses, alone in this process: (backend, rate).
+    Against the pipeline's rate it shows what Ray Data and the writes cost."""
+    import os
+
+    from ember.data.stages import EmbedBatch
+
+    encoder = EmbedBatch(embedder, batch_size, threads=os.cpu_count() or 1, backend=backend)
+    if encoder.encoder is None:
+        return encoder.backend, bare_encode_rate(texts, embedder, batch_size)
+    return encoder.backend, _rate(lambda batch: encoder.encoder.encode(batch, batch_size), texts)
+
+
+def _rate(encode, texts: list[str]) -> float:
+    encode(texts[:64])  # warm-up
     start = time.perf_counter()
-    embed(model, texts, batch_size)
+    encode(texts)
     return len(texts) / (time.perf_counter() - start)
 
 
@@ -98,8 +117,8 @@ def search_latencies(store, collection: str, vectors, top_k: int) -> list[float]
     return times
 
 
-def summarize(pipeline_rate: float, bare_rate: float, latencies: list[float],
-              chunks: int) -> str:
+def summarize(pipeline_rate: float, bare_rate: float, own: tuple[str, float],
+              latencies: list[float], chunks: int) -> str:
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
     return "\n".join([
@@ -108,6 +127,8 @@ def summarize(pipeline_rate: float, bare_rate: float, latencies: list[float],
         f"| Ray Data pipeline (read, chunk, embed, write) | {pipeline_rate:.1f} chunks/s |",
         f"| bare sentence-transformers encode, one process | {bare_rate:.1f} chunks/s |",
         f"| pipeline / bare | {pipeline_rate / bare_rate:.2f} |",
+        f"| the pipeline's encoder ({own[0]}) alone, one process | {own[1]:.1f} chunks/s |",
+        f"| pipeline / its encoder alone | {pipeline_rate / own[1]:.2f} |",
         f"| search p50 ({len(latencies)} queries) | {statistics.median(ordered) * 1000:.1f} ms |",
         f"| search p99 | {p99 * 1000:.1f} ms |",
     ])

@@ -39,7 +39,8 @@ def register(commands) -> None:
     ingest.add_argument("--workdir", default="/tmp/ember-bench-ingest")
     ingest.add_argument("--queries", type=int, default=200)
     ingest.add_argument("--top-k", type=int, default=5)
-    ingest.add_argument("--embed-concurrency", type=int, default=1)
+    ingest.add_argument("--embed-concurrency", type=int, default=None,
+                        help="embedding actors (default: the config's, one per core)")
     ingest.add_argument("--embed-num-cpus", type=float, default=1)
     ingest.add_argument("--search-at", type=int, default=20000,
                         help="pad the collection with perturbed copies of the ingested chunks "
@@ -145,11 +146,13 @@ def run_ingest_bench(args) -> int:
     texts = b.embedded_texts(sorted((work / "corpus").glob("*.md")), config,
                              args.baseline_chunks)
     bare = b.bare_encode_rate(texts, config.embedder, config.embed_batch_size)
+    own = b.bare_pipeline_encoder_rate(texts, config.embedder, config.embed_batch_size,
+                                       config.embed_backend)
     queries = embed(load_embedder(config.embedder),
                     [" ".join(t.split()[:8]) for t in texts[: args.queries]])
     total = b.pad_collection(store, "bench", args.search_at)
     latencies = b.search_latencies(store, "bench", list(queries), args.top_k)
-    print(b.summarize(report.chunks_per_s, bare, latencies, total))
+    print(b.summarize(report.chunks_per_s, bare, own, latencies, total))
     return 0
 
 

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     # Ray 2.60 head requires the token (a user's own setting wins).
     for key, value in CLIENT_ENV.items():
         os.environ.setdefault(key, value)
+    quiet_libraries()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
@@ -62,6 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     except EmberError as exc:
         print(f"ember: error: {exc}", file=sys.stderr)
         return 2
+
+
+def quiet_libraries() -> None:
+    """Library lines that say nothing to an Ember user stay off the terminal."""
+    import logging
+
+    # bitsandbytes (imported with transformers' quantization support) warns on every
+    # import that an optional Hub kernel for 4-bit CPU matmuls is missing; Ember
+    # never fetches kernels from the Hub and its CPU QLoRA runs without it.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 if __name__ == "__main__":

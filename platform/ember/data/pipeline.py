@@ -143,7 +143,7 @@ def _run_local(todo: dict[str, str], config: IngestConfig, embedder_path: str, u
 
         batch = {key: np.array([r[key] for r in real], dtype=object) for key in real[0]}
         embedder = EmbedBatch(config.embedder, config.embed_batch_size,
-                              threads=config.embed_threads)
+                              threads=config.embed_threads, backend=config.embed_backend)
         vectors = embedder(batch)["vector"]
         store = MilvusStore(uri, config.milvus_token)
         try:
@@ -194,6 +194,7 @@ def _run_pipeline(todo: dict[str, str], config: IngestConfig, embedder_path: str
     from ember.data.stages import EmbedBatch, read_and_chunk
 
     quiet_ray_data()
+    actors = config.embed_actors()
     tracker = IngestProgress.remote()
     items = [{"path": path, "file_hash": digest} for path, digest in todo.items()]
     progress(f"reading, chunking and embedding {len(items)} files on Ray Data ...")
@@ -209,9 +210,12 @@ def _run_pipeline(todo: dict[str, str], config: IngestConfig, embedder_path: str
         EmbedBatch, fn_constructor_kwargs={
             "embedder": config.embedder, "batch_size": config.embed_batch_size,
             "device": "cuda" if config.embed_num_gpus else "cpu",
-            "threads": config.embed_threads, "actors": config.embed_concurrency},
+            "threads": config.embed_threads, "actors": actors,
+            "backend": config.embed_backend},
         batch_size=max(config.embed_batch_size, ROWS_PER_EMBED_CALL),
-        compute=ray.data.ActorPoolStrategy(size=config.embed_concurrency),
+        # Work starts with the first actor up; the others join as the cluster has room
+        # (a busy `ember up` node may not fit them all at once).
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
         num_cpus=config.embed_num_cpus, num_gpus=config.embed_num_gpus, batch_format="numpy")
     sink = MilvusDatasink(uri, config.milvus_token, config.collection, config.write_batch_size,
                           progress=tracker)

@@ -7,8 +7,12 @@ Design choices:
   ETA. Fire-and-forget calls, a few per file and per upsert batch: nothing the
   pipeline waits on.
 - The ETA extrapolates the chunks still to come from the bytes not yet read
-  (chunks per byte of the files read so far), at the write rate since the
-  first chunk landed (start-up is not throughput).
+  (chunks per byte of the files read so far), at the write rate between the
+  first and the latest write, the first write's own chunks left out (start-up
+  is not throughput, and those chunks were embedded before the clock started).
+  Until writes span `RATE_SPAN_S` there is no rate: several embedding actors
+  land their first blocks within a second of each other, which read as
+  1,000 chunks/s.
 - On a terminal the line is redrawn in place; in a log (CI, `ray job submit`)
   a line is printed every `LOG_EVERY_S` seconds instead.
 - Ray's and Ray Data's own log lines (cluster start, execution plans, worker
@@ -30,6 +34,7 @@ from pathlib import Path
 import ray
 
 LOG_EVERY_S = 10.0
+RATE_SPAN_S = 10.0
 POLL_S = 0.5
 LIBRARY_LOGGERS = ("ray", "ray.data", "ray.serve", "pymilvus")
 
@@ -39,6 +44,8 @@ class IngestProgress:
     def __init__(self) -> None:
         self.files_read = self.bytes_read = self.chunks_read = self.chunks_written = 0
         self.first_write: float | None = None
+        self.last_write: float | None = None
+        self.first_chunks = 0
 
     def file_read(self, nbytes: int, chunks: int) -> None:
         self.files_read += 1
@@ -47,8 +54,9 @@ class IngestProgress:
 
     def written(self, chunks: int) -> None:
         self.chunks_written += chunks
+        self.last_write = time.time()
         if self.first_write is None:
-            self.first_write = time.time()
+            self.first_write, self.first_chunks = self.last_write, chunks
 
     def snapshot(self) -> dict:
         return dict(vars(self))
@@ -60,20 +68,23 @@ class Totals:
     bytes: int
 
 
-def describe(state: dict, totals: Totals, now: float | None = None) -> str:
+def describe(state: dict, totals: Totals) -> str:
     """`3/6 files, 40/52 chunks, 12.1 chunks/s, ETA 1s` from a snapshot."""
-    now = time.time() if now is None else now
     written = state["chunks_written"]
     expected = _expected_chunks(state, totals)
     line = f"{state['files_read']}/{totals.files} files read, {written}/{expected} chunks written"
     if state["first_write"] is None:
         return line + " (starting workers, loading the embedder)"
-    elapsed = max(now - state["first_write"], 1e-3)
-    rate = written / elapsed
+    span = state["last_write"] - state["first_write"]
+    rate = (written - state["first_chunks"]) / span if span >= RATE_SPAN_S else 0.0
     if rate <= 0:
-        return line
+        return line + " (measuring the rate)" if written < _as_number(expected) else line
     eta = max(expected - written, 0) / rate
     return line + f", {rate:.1f} chunks/s, ETA {_duration(eta)}"
+
+
+def _as_number(expected: str | int) -> float:
+    return expected if isinstance(expected, int) else float("inf")
 
 
 def _expected_chunks(state: dict, totals: Totals) -> str | int:

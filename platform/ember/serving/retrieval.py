@@ -92,9 +92,9 @@ class Retriever:
 
     def model(self):
         if self._model is None:
-            from ember.models.query_encoder import QueryEncoder
+            from ember.models.fast_encoder import FastEncoder
 
-            self._model = QueryEncoder(self.embedder_name, self.settings.query_threads,
+            self._model = FastEncoder(self.embedder_name, self.settings.query_threads,
                                        self.settings.query_encoder)
         return self._model
 

@@ -1,6 +1,6 @@
-"""One query at a time through each query-encoder backend, interleaved (README "Retrieval").
+"""One query at a time through each encoder backend, interleaved (README "Retrieval").
 
-    python scripts/bench_query_encoder.py [THREADS]
+    python scripts/bench_fast_encoder.py [THREADS]
 
 Builds the ONNX Runtime, TorchScript and plain `encode` backends of the embedded
 embedder, embeds 300 queries through each in turn and prints p50 and p90 per backend.
@@ -11,11 +11,11 @@ import sys
 import time
 
 from ember.models.catalogue import DEFAULT_EMBEDDER
-from ember.models.query_encoder import QueryEncoder
+from ember.models.fast_encoder import FastEncoder
 
 
 def main(threads: int) -> None:
-    encoders = {name: QueryEncoder(DEFAULT_EMBEDDER, threads=threads, backend=name)
+    encoders = {name: FastEncoder(DEFAULT_EMBEDDER, threads=threads, backend=name)
                 for name in ("onnx", "torchscript", "encode")}
     times: dict[str, list[float]] = {name: [] for name in encoders}
     for i in range(300):
