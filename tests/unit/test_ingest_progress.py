@@ -9,12 +9,12 @@ import os
 from ember.data.progress import Totals, describe, ray_logs_to, run_with_progress
 
 
-def snapshot(files=0, nbytes=0, chunks_read=0, written=0, first_write=None, last_write=None,
-             first_chunks=0) -> dict:
+def snapshot(files=0, nbytes=0, chunks_read=0, written=0, base_write=None, last_write=None,
+             base_chunks=0) -> dict:
     return {"files_read": files, "bytes_read": nbytes, "chunks_read": chunks_read,
-            "chunks_written": written, "first_write": first_write,
-            "last_write": first_write if last_write is None else last_write,
-            "first_chunks": first_chunks}
+            "chunks_written": written, "base_write": base_write,
+            "last_write": base_write if last_write is None else last_write,
+            "base_chunks": base_chunks}
 
 
 def test_before_any_file_is_read_the_total_is_unknown():
@@ -24,27 +24,40 @@ def test_before_any_file_is_read_the_total_is_unknown():
 
 
 def test_expected_chunks_extrapolate_from_the_bytes_read():
-    # 2 of 6 files read, 1000 of 4000 bytes, 10 chunks: 40 chunks expected in all.
-    state = snapshot(files=2, nbytes=1000, chunks_read=10, written=25, first_write=100.0,
-                     last_write=110.0, first_chunks=5)
+    # 2 of 6 files read, 1000 of 4000 bytes, 20 chunks: 80 chunks expected in all.
+    state = snapshot(files=2, nbytes=1000, chunks_read=20, written=65, base_write=100.0,
+                     last_write=130.0, base_chunks=5)
     line = describe(state, Totals(files=6, bytes=4000))
-    # 20 chunks in the 10 s after the first write: 2 chunks/s, 15 to go: 8 s.
-    assert line == "2/6 files read, 25/40 chunks written, 2.0 chunks/s, ETA 8s"
+    # 60 chunks in the 30 s after the base write: 2 chunks/s, 15 to go: 8 s.
+    assert line == "2/6 files read, 65/80 chunks written, 2.0 chunks/s, ETA 8s"
 
 
-def test_no_rate_until_the_writes_span_ten_seconds():
+def test_no_rate_until_the_writes_span_thirty_seconds():
     # Two actors' first blocks, a second apart, are not a rate of 700 chunks/s.
-    state = snapshot(files=4, nbytes=4000, chunks_read=40, written=20, first_write=100.0,
-                     last_write=101.0, first_chunks=10)
+    state = snapshot(files=4, nbytes=4000, chunks_read=40, written=20, base_write=100.0,
+                     last_write=101.0, base_chunks=10)
     line = describe(state, Totals(files=8, bytes=8000))
     assert line == "4/8 files read, 20/80 chunks written (measuring the rate)"
 
 
 def test_long_etas_read_in_minutes():
-    state = snapshot(files=1, nbytes=100, chunks_read=10, written=2, first_write=0.0,
-                     last_write=10.0, first_chunks=1)
+    state = snapshot(files=1, nbytes=100, chunks_read=10, written=4, base_write=0.0,
+                     last_write=30.0, base_chunks=1)
     line = describe(state, Totals(files=100, bytes=10_000))
-    assert line.endswith("0.1 chunks/s, ETA 166m20s")  # 998 to go
+    assert line.endswith("0.1 chunks/s, ETA 166m00s")  # 996 to go
+
+
+def test_the_rate_base_is_the_newest_write_a_window_old():
+    from ember.data.progress import RATE_WINDOW_S, WriteLog
+
+    log = WriteLog()
+    assert log.base() == (None, 0)
+    for second, total in [(0, 700), (1, 1400), (15, 2100), (61, 2800), (75, 3500)]:
+        log.add(float(second), total)
+    # at 75 s the newest write at least 60 s older is the one at 15 s
+    assert RATE_WINDOW_S == 60.0 and log.base() == (15.0, 2100)
+    log.add(200.0, 4200)  # a long gap: the previous write is the base
+    assert log.base() == (75.0, 3500)
 
 
 class FakeTracker:
@@ -66,7 +79,7 @@ def test_run_with_progress_returns_the_result_and_prints_a_final_line(monkeypatc
 
     monkeypatch.setattr(ray, "get", lambda ref: ref)
     out = io.StringIO()
-    state = snapshot(files=1, nbytes=10, chunks_read=3, written=3, first_write=1.0)
+    state = snapshot(files=1, nbytes=10, chunks_read=3, written=3, base_write=1.0)
     assert run_with_progress(lambda: 42, FakeTracker(state), Totals(1, 10), out=out) == 42
     assert out.getvalue().startswith("  1/1 files read, 3/3 chunks written")
 
