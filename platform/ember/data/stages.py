@@ -84,8 +84,9 @@ class EmbedBatch:
 
     On CPU it embeds through ONNX Runtime when the model's layout allows and its
     vectors match sentence-transformers' (`models.fast_encoder`): an export
-    already checked loads without torch in ~1 s instead of ~8 s. Otherwise, and on
-    GPUs, through sentence-transformers itself.
+    already checked loads without importing torch and sentence-transformers (~7 s
+    here, on cores the read tasks need too). Otherwise, and on GPUs, through
+    sentence-transformers itself.
     """
 
     def __init__(self, embedder: str, batch_size: int, device: str = "cpu",
