@@ -70,10 +70,8 @@ def bare_pipeline_encoder_rate(texts: list[str], embedder: str, batch_size: int,
 
     from ember.data.stages import EmbedBatch
 
-    encoder = EmbedBatch(embedder, batch_size, threads=os.cpu_count() or 1, backend=backend)
-    if encoder.encoder is None:
-        return encoder.backend, bare_encode_rate(texts, embedder, batch_size)
-    return encoder.backend, _rate(lambda batch: encoder.encoder.encode(batch, batch_size), texts)
+    actor = EmbedBatch(embedder, batch_size, threads=os.cpu_count() or 1, backend=backend)
+    return actor.backend, _rate(lambda batch: actor.encoder.encode(batch, batch_size), texts)
 
 
 def _rate(encode, texts: list[str]) -> float:

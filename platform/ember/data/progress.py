@@ -97,13 +97,10 @@ def describe(state: dict, totals: Totals) -> str:
     span = state["last_write"] - state["base_write"]
     rate = (written - state["base_chunks"]) / span if span >= RATE_SPAN_S else 0.0
     if rate <= 0:
-        return line + " (measuring the rate)" if written < _as_number(expected) else line
+        done = isinstance(expected, int) and written >= expected
+        return line if done else line + " (measuring the rate)"
     eta = max(expected - written, 0) / rate
     return line + f", {rate:.1f} chunks/s, ETA {_duration(eta)}"
-
-
-def _as_number(expected: str | int) -> float:
-    return expected if isinstance(expected, int) else float("inf")
 
 
 def _expected_chunks(state: dict, totals: Totals) -> str | int:

@@ -91,6 +91,8 @@ class EmbedBatch:
 
     def __init__(self, embedder: str, batch_size: int, device: str = "cpu",
                  threads: int | None = None, actors: int = 1, backend: str = "auto") -> None:
+        from ember.models.embedder import embedder_dim, load_embedder
+
         threads = embed_threads(threads, actors)
         self.batch_size = batch_size
         self.model = self.encoder = None
@@ -107,11 +109,8 @@ class EmbedBatch:
 
                 self.encoder = FastEncoder(embedder, threads, backend, spin=True)
             else:
-                from ember.models.embedder import load_embedder
-
                 self.model = load_embedder(embedder, device)
-        self.dim = self.encoder.dim if self.encoder else int(
-            self.model.get_embedding_dimension())
+        self.dim = self.encoder.dim if self.encoder else embedder_dim(self.model)
 
     @property
     def backend(self) -> str:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ember.models.embedder import embed, load_embedder
+from ember.models.embedder import embed, embedder_dim, load_embedder
 
 logger = logging.getLogger("ember.fast_encoder")
 FAST_BACKENDS = ("onnx", "torchscript")  # in order of speed; `encode` serves otherwise
@@ -191,7 +191,7 @@ class FastEncoder:
 
     @property
     def dim(self) -> int:
-        return int(self.model.get_embedding_dimension())
+        return embedder_dim(self.model)
 
     @property
     def fast(self) -> bool:
