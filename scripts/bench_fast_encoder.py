@@ -1,4 +1,4 @@
-"""One query at a time through each encoder backend, interleaved (README "Retrieval").
+"""One query at a time through each encoder backend, interleaved (docs/rag.md "Retrieval").
 
     python scripts/bench_fast_encoder.py [THREADS]
 

@@ -1,4 +1,4 @@
-"""Round-trip latency of small requests, targets interleaved (README "Serving hot path").
+"""Round-trip latency of small requests, targets interleaved (docs/benchmarks.md).
 
     python scripts/probe_request_latency.py ember=http://127.0.0.1:8000 \
         vllm=http://127.0.0.1:8100 dense=http://127.0.0.1:8000,retrieve:dense

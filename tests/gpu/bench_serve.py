@@ -1,6 +1,7 @@
 """Ember's serving path vs a plain vLLM OpenAI server on one GPU, in one run (issue 11).
 
-On the GPU test machine (notes/GPU.md, "GPU serving": vLLM 0.24 + Ray 2.58 there):
+On the GPU test machine (docs/benchmarks.md, "The GPU test machine": vLLM 0.24 + Ray 2.58
+there):
 
     bash ../shared/gpu/pack_serving.sh && bash tests/gpu/pack_assets.sh   # here
     # p0..p3 stored, then with carry [".gpu-serve/p4", ".gpu/tokenizer", ".gpu/extra"]:

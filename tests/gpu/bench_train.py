@@ -3,7 +3,7 @@
     bash ../shared/gpu/pack.sh && bash tests/gpu/pack_assets.sh      # here
     source .gpu/setup.sh && python -m tests.gpu.bench_train --out $OUT # on the GPU machine
 
-The model is the 1.1B-parameter Llama of notes/GPU.md built from a config with
+The model is the 1.1B-parameter Llama of docs/benchmarks.md built from a config with
 random weights (hidden 2048, 16 layers, 32 heads, 8 KV heads, intermediate 8192,
 vocab 32000), trained on random tokens, 8 sequences x 1024 tokens per GPU per
 step, bf16 weights, AdamW. Each case runs twice, plain torch first, then

@@ -36,9 +36,18 @@ def ray_cluster():
     import ray
     from ember.cluster.environment import NODE_ENV
 
-    os.environ.update(NODE_ENV)  # as `ember up` starts its head: the proxy's stream guard
+    # the node's processes get NODE_ENV, as `ember up` starts its head (the proxy's stream
+    # guard, Serve's request path); this driver keeps its own: with Serve's router on the
+    # caller's loop (a node setting) a test's handle would need an event loop
+    saved = {name: os.environ.get(name) for name in NODE_ENV}
+    os.environ.update(NODE_ENV)
     ray.init(address="local", num_cpus=8, include_dashboard=True, dashboard_port=free_port(),
              log_to_driver=False)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name)
+        else:
+            os.environ[name] = value
     yield ray
     ray.shutdown()
 
@@ -107,6 +116,7 @@ def serve_config(milvus_uri, access_url, tmp_path_factory) -> dict:
     assert args["access"]["auth"] is True  # the shipped config guards the service
     args["access"]["database_url"] = access_url
     args["access"]["cost_sample_s"] = 2  # budgets are charged within seconds (test_access)
+    args["access"]["keeper_replace_after_s"] = 10  # a silent keeper (test_service_actors)
     # Two engine replicas (each answers HTTP): per-key limits must hold across them
     # (test_access), and one of them is killed under load (test_serving_faults).
     args["models"][0]["autoscaling"].update(min_replicas=2, max_replicas=2)

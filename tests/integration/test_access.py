@@ -170,7 +170,7 @@ def wait_until_answers(keeper) -> None:
     deadline = time.monotonic() + 60
     while True:
         try:
-            ray.get(keeper.flush.remote(), timeout=10)
+            ray.get(keeper.ping.remote(), timeout=10)
             return
         except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
             assert time.monotonic() < deadline, "the keeper did not come back in 60 s"

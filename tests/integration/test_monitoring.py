@@ -73,3 +73,10 @@ def test_every_dashboard_query_returns_data(prometheus_url, base_url, api_key, a
             prometheus_url, "sum by (key) (ray_ember_requests_total)")}
     assert not missing, f"panels without data after 4 minutes of load: {missing}"
     assert {"admin", "dashboard-viewer"} <= keys_seen, keys_seen
+
+
+def test_prometheus_loaded_embers_alert_rules(prometheus_url):
+    rules = httpx.get(f"{prometheus_url}/api/v1/rules", timeout=30).json()["data"]["groups"]
+    alerts = {r["name"]: r for g in rules if g["name"] == "ember" for r in g["rules"]}
+    assert {"EmberServiceUnreachable", "EmberUsageRowsDropped"} <= set(alerts), rules
+    assert alerts["EmberServiceUnreachable"]["health"] == "ok"

@@ -1,11 +1,15 @@
 """Faults on the serving path, with the real engine behind Serve's real proxy.
 
 - A client that disconnects mid-stream frees the engine (the request is aborted).
-- An engine replica SIGKILLed under 16 streams: every open stream ends within
-  seconds, the broken ones with an OpenAI error event and `[DONE]` (Serve's
-  proxy runs Ember's stream guard); new requests are answered by the other
-  replica meanwhile; Serve restarts the dead one without an operator; the
-  dead replica's vLLM processes do not outlive it.
+- An engine replica SIGKILLed under 16 streams of a limited key: every open
+  stream ends within seconds, the broken ones with an OpenAI error event and
+  `[DONE]` (Serve's proxy runs Ember's stream guard); new requests are
+  answered by the other replica meanwhile, the limited key's with 200 (never
+  503); Serve restarts the dead one without an operator; the dead replica's
+  vLLM processes do not outlive it; the usage keeper and the Milvus Lite
+  server are the same processes as before, outside any placement group; and
+  the usage table has one row for every request the key sent (the broken
+  streams' rows written by the proxy's guard).
 The session runs two engine replicas (conftest).
 """
 
@@ -60,9 +64,10 @@ def test_a_client_that_disconnects_mid_stream_frees_the_engine(base_url):
     assert not any(unfinished_requests())
 
 
-async def _stream(base_url: str, events: list, started: asyncio.Event, count: list) -> float:
+async def _stream(base_url: str, events: list, started: asyncio.Event, count: list,
+                  headers: dict) -> float:
     async with httpx.AsyncClient(timeout=httpx.Timeout(120)) as client:
-        async with client.stream("POST", f"{base_url}/v1/chat/completions", headers=AUTH(),
+        async with client.stream("POST", f"{base_url}/v1/chat/completions", headers=headers,
                                  json=chat_body(160)) as response:
             assert response.status_code == 200
             async for line in response.aiter_lines():
@@ -75,8 +80,36 @@ async def _stream(base_url: str, events: list, started: asyncio.Event, count: li
     return time.time()
 
 
+def service_pids() -> dict[str, tuple]:
+    from ember.service_actors import service_actors
+
+    return {a["name"]: (a["pid"], a["placement_group_id"]) for a in service_actors()
+            if a["state"] == "ALIVE" and not a["name"].startswith("batch")}
+
+
+def usage_count(access_url: str, key_id: int) -> int:
+    import sqlalchemy as sa
+    from ember.access.store import engine_for
+
+    engine = engine_for(access_url)
+    with engine.connect() as connection:
+        count = connection.execute(sa.text("SELECT count(*) FROM usage WHERE key_id = :k"),
+                                   {"k": key_id}).scalar()
+    engine.dispose()
+    return count
+
+
 @pytest.mark.timeout(900)
-def test_a_replica_killed_under_load_ends_every_stream_and_the_service_recovers(base_url):
+def test_a_replica_killed_under_load_ends_every_stream_and_the_service_recovers(
+        base_url, access_url):
+    from ember.access.keys import create_key
+
+    key, record = create_key(access_url, "under-the-kill", rpm=10_000, tpm=10_000_000,
+                             budget_usd=1_000)
+    limited = {"Authorization": f"Bearer {key}"}
+    sent = 0
+    services = service_pids()
+    assert any(n.startswith("ember-quota-") for n in services), services
     replicas = engine_replicas()
     assert len(replicas) == 2, replicas
     victim = psutil.Process(replicas[0].pid)
@@ -86,7 +119,8 @@ def test_a_replica_killed_under_load_ends_every_stream_and_the_service_recovers(
     async def run() -> tuple[list[list[str]], list[float], float]:
         events: list[list[str]] = [[] for _ in range(16)]
         started, count = asyncio.Event(), [0]
-        tasks = [asyncio.create_task(_stream(base_url, e, started, count)) for e in events]
+        tasks = [asyncio.create_task(_stream(base_url, e, started, count, limited))
+                 for e in events]
         await asyncio.wait_for(started.wait(), timeout=300)
         killed_at = time.time()
         os.kill(victim.pid, signal.SIGKILL)
@@ -108,22 +142,42 @@ def test_a_replica_killed_under_load_ends_every_stream_and_the_service_recovers(
     print(f"\n{len(broken)} of 16 streams were on the killed replica; each ended with an error "
           f"event within {max(ended[i] - killed_at for i in broken):.1f}s")
 
-    # the other replica answers meanwhile
-    answer = httpx.post(f"{base_url}/v1/chat/completions", headers=AUTH(), timeout=120,
+    sent += 16
+
+    # the other replica answers meanwhile, the limited key too
+    answer = httpx.post(f"{base_url}/v1/chat/completions", headers=limited, timeout=120,
                         json={"model": MODEL, "max_tokens": 4,
                               "messages": [{"role": "user", "content": "Hi"}]})
+    sent += 1
     assert answer.status_code == 200, answer.text
 
     # the dead replica's engine processes went with it
     time.sleep(5)
     assert not [p for p in engine_procs if p.is_running() and p.status() != "zombie"]
 
-    # Serve replaces it, without an operator
+    # Serve replaces it, without an operator; the limited key is served all along
     deadline = time.time() + 600
     while len(engine_replicas()) < 2 or not _healthy():
         assert time.time() < deadline, "the killed replica was not replaced within 10 min"
+        during = httpx.post(f"{base_url}/v1/retrieve", headers=limited, timeout=120,
+                            json={"query": "fares", "top_k": 1})
+        sent += 1
+        assert during.status_code == 200, during.text
         time.sleep(5)
     print(f"two replicas serving again {time.time() - killed_at:.0f}s after the kill")
+    after = httpx.post(f"{base_url}/v1/retrieve", headers=limited, timeout=120,
+                       json={"query": "fares", "top_k": 1})
+    sent += 1
+    assert after.status_code == 200, after.text
+
+    # the keeper and the vector store were not touched; every request has its row
+    assert service_pids() == services
+    assert all(group is None for _, group in services.values()), services
+    deadline = time.time() + 60
+    while usage_count(access_url, record.id) < sent and time.time() < deadline:
+        time.sleep(1)
+    assert usage_count(access_url, record.id) == sent
+    print(f"{sent} requests of the limited key, {sent} usage rows")
 
 
 def _healthy() -> bool:

@@ -149,3 +149,33 @@ def test_the_meter_reads_usage_and_strips_the_event_the_client_did_not_ask_for()
 
 def test_access_is_on_by_default():
     assert AccessConfig().auth is True
+
+
+def test_the_usage_outbox_keeps_order_and_counts_what_it_drops():
+    from ember.access.accounting import UsageOutbox
+
+    box = UsageOutbox(max_rows=5)
+    for i in range(4):
+        assert box.add({"n": i}) == 0
+    batch = box.take(3)
+    assert [r["n"] for r in batch] == [0, 1, 2] and len(box.rows) == 1
+    box.add({"n": 4})
+    assert box.put_back(batch) == 0  # unacknowledged: back in front, in order
+    assert [r["n"] for r in box.rows] == [0, 1, 2, 3, 4]
+    assert box.add({"n": 5}) == 1 and box.dropped == 1  # full: the oldest goes
+    assert [r["n"] for r in box.rows] == [1, 2, 3, 4, 5]
+
+
+def test_a_usage_row_delivered_twice_is_written_once(url):
+    from ember.access.quota import insert_usage
+
+    store.migrate(url)
+    engine = store.engine_for(url)
+    row = {"row_id": "a" * 32, "ts": 1.0, "key_id": None, "model": "m", "served_model": "m",
+           "route": "/v1/chat/completions", "status": 200, "prompt_tokens": 3,
+           "completion_tokens": 4, "latency_s": 0.1, "ttft_s": None}
+    insert_usage(engine, [row])
+    insert_usage(engine, [row, {**row, "row_id": "b" * 32}])  # a retry, plus a new one
+    with engine.connect() as connection:
+        ids = connection.execute(sa.text("SELECT row_id FROM usage ORDER BY id")).scalars().all()
+    assert ids == ["a" * 32, "b" * 32]

@@ -35,3 +35,7 @@ def test_prometheus_scrapes_rays_discovered_targets(tmp_path):
     (job,) = config["scrape_configs"]
     assert job["file_sd_configs"][0]["files"] == [str(tmp_path / "sd.json")]
     assert config["global"]["scrape_interval"] == "5s"
+    (rules,) = config["rule_files"]
+    alerts = {r["alert"]: r for g in yaml.safe_load(open(rules))["groups"] for r in g["rules"]}
+    assert "ray_ember_service_up" in alerts["EmberServiceUnreachable"]["expr"]
+    assert "ray_ember_usage_rows_dropped_total" in alerts["EmberUsageRowsDropped"]["expr"]

@@ -26,9 +26,16 @@ class AccessConfig(_Strict):
                                      "SQLite under $EMBER_HOME/access")
     key_cache_s: float = Field(2.0, ge=0, description="how long a replica trusts a key lookup "
                                "(a revocation takes effect within this)")
-    limits: RequestLimits = Field(default_factory=RequestLimits)
+    limits: RequestLimits = Field(default_factory=RequestLimits, description="per-request "
+                                  "ceilings: 400 above one, naming it (413 for the body)")
     cost_sample_s: float = Field(10.0, gt=0, description="how often replicas are counted for "
                                  "cost accounting (each model's `usd_per_hour`)")
+    usage_buffer_rows: int = Field(100_000, ge=1, description="usage rows a replica keeps "
+                                   "while the usage keeper is away; past this the oldest are "
+                                   "dropped and counted (`ember_usage_rows_dropped`)")
+    keeper_replace_after_s: float = Field(30.0, gt=0, description="a usage keeper that has not "
+                                          "answered for this long (stuck restarting, say) is "
+                                          "killed and started anew")
 
     def url(self) -> str:
         """The config's URL, else EMBER_ACCESS_DATABASE_URL (a Kubernetes Secret, say),

@@ -10,13 +10,15 @@ Per request, in order:
    -> 401 (a replica caches lookups for `key_cache_s`);
 3. the key's requests/min, tokens/min and budget, through the shared
    `QuotaKeeper` (429 with Retry-After; 402 for a spent budget) - only for
-   keys that have such limits;
+   keys that have such limits; while the keeper is away, from this replica's
+   own view (`accounting.KeeperLink`), 503 only if a budget cannot be read;
 4. the route runs; the ingress checks the parsed body's model (403) and the
    per-request ceilings (`n`, `max_tokens`, embeddings inputs: 400);
 5. afterwards one usage row (key, model, the LLM that served it, route,
-   status, tokens, latency, time to first byte) goes to the keeper,
-   fire-and-forget. A key with a budget is refused (402) once the keeper has
-   charged it that much (`quota.py`: measured replica cost split by tokens).
+   status, tokens, latency, time to first byte) goes to the replica's outbox,
+   which delivers it to the keeper until acknowledged. A key with a budget
+   is refused (402) once the keeper has charged it that much (`quota.py`:
+   measured replica cost split by tokens).
 `/health` is open (load balancers and Serve health checks carry no key).
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 
 from starlette.responses import JSONResponse
 
@@ -35,6 +38,10 @@ from ember.serving.errors import openai_error
 
 logger = logging.getLogger("ember.access")
 OPEN_PATHS = frozenset({"/health"})
+# On every response: "<keeper> <row id> <key id or -> <served model or ->", for the
+# Serve proxy's stream guard, which writes the row itself if this replica dies before
+# it could (`stream_guard.record_broken`), and strips the header from the response.
+USAGE_HEADER = b"x-ember-usage"
 _gate_of_replica: AccessGate | None = None
 
 
@@ -50,7 +57,7 @@ def current_gate() -> AccessGate | None:
 
 class AccessGate:
     def __init__(self, config: AccessConfig, prices: dict[str, float] | None = None) -> None:
-        from ember.access.quota import get_keeper
+        from ember.access.accounting import KeeperLink
         from ember.access.store import check_ready, migrate
 
         self.config, self.limits = config, config.limits
@@ -67,9 +74,8 @@ class AccessGate:
             logger.warning("API keys are OFF (access.auth: false): anyone who reaches this "
                            "service can use every route")
         self.prices = prices or {}
-        self.keeper = get_keeper(self.url, config.cost_sample_s, self.prices)
-        if self.prices:
-            self.keeper.set_prices.remote(self.prices)
+        self.keeper = KeeperLink(self.url, config.cost_sample_s, self.prices,
+                                 config.usage_buffer_rows, config.keeper_replace_after_s)
 
     # --- before the route ----------------------------------------------------
     def body_limit(self, path: str) -> tuple[int, str]:
@@ -95,9 +101,15 @@ class AccessGate:
     async def admit(self, key: ApiKey | None) -> JSONResponse | None:
         if key is None or (key.rpm is None and key.tpm is None and key.budget_usd is None):
             return None
-        verdict = await self.keeper.admit.remote(key.id, key.rpm, key.tpm, key.budget_usd)
-        if verdict is None:
+        verdict = await self.keeper.admit(key)
+        if verdict["reason"] is None:
             return None
+        if verdict["reason"] == "unavailable":
+            response = openai_error(503, f"Accounting is unavailable: the usage keeper cannot "
+                                         f"be reached ({verdict['why']}) and key "
+                                         f"'{key.name}''s budget cannot be read. Retry in 5 s.")
+            response.headers["Retry-After"] = "5"
+            return response
         if verdict["reason"] == "budget":
             return openai_error(402, f"Key '{key.name}' has spent its budget: "
                                      f"${verdict['spent']:.6f} of ${key.budget_usd:g}. Use "
@@ -138,14 +150,18 @@ class AccessGate:
     # --- after the route -----------------------------------------------------
     def record(self, key: ApiKey | None, route: str, meter: UsageMeter, started: float) -> None:
         served = meter.state.get("ember_served_model") if meter.state else None
-        row = {"ts": time.time(), "key_id": key.id if key else None, "model": meter.model,
+        row = {"row_id": meter.row_id, "ts": time.time(), "key_id": key.id if key else None,
+               "model": meter.model,
                "served_model": served or meter.model, "route": route, "status": meter.status or 500,
                "prompt_tokens": meter.prompt_tokens, "completion_tokens": meter.completion_tokens,
                "latency_s": time.perf_counter() - started,
                "ttft_s": meter.first_byte - started if meter.first_byte else None}
-        # The price travels with the row, so a restarted keeper relearns it from traffic.
-        self.keeper.record.remote(row, self.prices.get(row["served_model"]))
+        self.keeper.record(row)
         observe(row, key.name if key else "-")
+
+    def health(self) -> dict:
+        """Accounting's state for /health: `degraded` with the reason while the keeper is away."""
+        return self.keeper.status()
 
 
 def _unauthorized(message: str) -> JSONResponse:
@@ -167,7 +183,9 @@ class UsageMeter:
     for a usage event the client did not ask for) that event is not sent on.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tag: str | None = None) -> None:
+        self.row_id = uuid.uuid4().hex
+        self.tag = tag  # the usage header but its last field (see USAGE_HEADER)
         self.status = 0
         self.first_byte: float | None = None
         self.model: str | None = None
@@ -185,6 +203,10 @@ class UsageMeter:
                 self.status = message["status"]
                 headers = dict(message.get("headers") or [])
                 self._sse = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+                if self.tag:
+                    served = self.state.get("ember_served_model") or "-"
+                    message = {**message, "headers": [*(message.get("headers") or []), (
+                        USAGE_HEADER, f"{self.tag} {served}".encode())]}
             elif message["type"] == "http.response.body":
                 body = message.get("body", b"")
                 if body and self.first_byte is None:
@@ -252,6 +274,7 @@ class AccessMiddleware:
         if rejection is None:
             rejection = await gate.admit(key)
         meter = UsageMeter()
+        meter.tag = f"{gate.keeper.name} {meter.row_id} {key.id if key else '-'}"
         try:
             if rejection is not None:
                 await rejection(scope, receive, meter.wrap(send, scope))

@@ -2,22 +2,26 @@
 
 One named Ray actor per keys database (`ember-quota-<hash>` in namespace
 `ember`), so the counts hold across ingress replicas and processes, not in
-one replica's memory. Design choices:
+one replica's memory. Replicas reach it through `accounting.KeeperLink`,
+which keeps serving (from a local view) while the keeper is away. Design choices:
 - Sliding one-minute windows: requests per minute counts admitted requests,
   tokens per minute the prompt + completion tokens of finished ones. A key
   over either gets the seconds until its oldest entry leaves the window,
   which becomes the 429's Retry-After.
-- Only keys with an rpm or tpm limit cost an actor round trip before their
-  request; every request's usage row is sent fire-and-forget after it.
-- Usage rows are buffered and written to the database once a second in one
-  transaction (one writer for SQLite, and a small write per second instead of
-  one per request). A killed actor loses at most that last second.
+- Only keys with an rpm, tpm or budget cost an actor round trip before their
+  request; usage rows come in batches from each replica's outbox.
+- A batch of usage rows is written to the database before the call returns:
+  a row the keeper acknowledged is stored, and a replica re-sends what was
+  not acknowledged. Each row carries the id its replica gave it (unique in
+  the table), so a re-sent row is written once.
 - Cost is measured, not priced from a list: every `sample_s` seconds the keeper
   counts each priced model's RUNNING replicas (Serve's status), charges
   replicas x USD/hour x seconds, and splits that among the keys by the tokens
   each used of that model in the interval (`spend` rows; an idle interval is
   one row without a key). A key's spend so far is what its budget is checked
   against.
+- The keeper is a service actor (`ember.service_actors`): it lives outside
+  every replica's placement group, so a replica's death does not take it along.
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ from collections import defaultdict, deque
 import ray
 
 from ember.access.schema import SPEND, USAGE
+from ember.service_actors import service_actor_options
 
 WINDOW_S = 60.0
-FLUSH_S = 1.0
+SEEN_ROWS = 100_000  # row ids remembered, so a re-sent row is not counted in the windows twice
 SAMPLE_S = 10.0  # cost intervals: how often replicas are counted
 
 logger = logging.getLogger("ember.access")
@@ -80,6 +85,9 @@ def allocate(usd: float, tokens_by_key: dict[int | None, int]) -> list[tuple]:
     return [(key, usd * n / total, n) for key, n in tokens_by_key.items() if n > 0]
 
 
+LLM_DEPLOYMENT_PREFIX = "LLMServer"  # deployments are named `LLMServer:<model>`
+
+
 def running_replicas(models: list[str]) -> dict[str, int]:
     """RUNNING replicas of each model's `LLMServer:<model>` deployment, over all apps."""
     from ray import serve
@@ -88,13 +96,13 @@ def running_replicas(models: list[str]) -> dict[str, int]:
     for app in serve.status().applications.values():
         for name, deployment in app.deployments.items():
             prefix, _, model = name.partition(":")
-            if prefix == "LLMServer" and model in counts:
+            if prefix == LLM_DEPLOYMENT_PREFIX and model in counts:
                 counts[model] += sum(n for state, n in deployment.replica_states.items()
                                      if str(getattr(state, "value", state)) == "RUNNING")
     return counts
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)
+@ray.remote(max_restarts=-1, max_concurrency=1000)
 class QuotaKeeper:
     def __init__(self, url: str, sample_s: float = SAMPLE_S,
                  prices: dict[str, float] | None = None) -> None:
@@ -102,7 +110,8 @@ class QuotaKeeper:
 
         self.engine = engine_for(url)
         self.windows = Windows()
-        self.pending: list[dict] = []
+        self.seen: dict[str, None] = {}  # recent row ids, oldest first
+        self.rows_written = 0
         self.prices: dict[str, float] = dict(prices or {})  # model -> USD per replica-hour
         self.interval_tokens: dict[str, dict[int | None, int]] = defaultdict(
             lambda: defaultdict(int))
@@ -113,20 +122,70 @@ class QuotaKeeper:
         self.sample_s, self.last_sample = sample_s, time.time()
         self._tasks: list[asyncio.Task] = []
 
-    async def admit(self, key_id: int, rpm: int | None, tpm: int | None,
-                    budget_usd: float | None = None) -> dict | None:
-        """None if the request may go ahead (and it is counted), else why not."""
-        if budget_usd is not None and self.spent.get(key_id, 0.0) >= budget_usd:
-            return {"reason": "budget", "spent": self.spent[key_id]}
-        wait = self.windows.admit(key_id, rpm, tpm, time.time())
-        return None if wait is None else {"reason": "rate", "retry_after": wait}
+    async def ping(self) -> dict:
+        """Proof of life, with who answered (a replaced keeper has a new id)."""
+        return {"actor_id": ray.get_runtime_context().get_actor_id(),
+                "rows_written": self.rows_written}
 
-    async def record(self, row: dict, usd_per_hour: float | None = None) -> None:
-        """A finished request's usage row; its tokens count against the key's tpm."""
-        if usd_per_hour is not None:
-            self.prices[row["served_model"]] = usd_per_hour
+    async def admit(self, key_id: int, rpm: int | None, tpm: int | None,
+                    budget_usd: float | None = None) -> dict:
+        """The verdict: `reason` None (admitted, and counted), "budget" or "rate";
+        `spent` (the key's USD so far) lets the replica decide budgets alone later."""
+        spent = self.spent.get(key_id, 0.0)
+        if budget_usd is not None and spent >= budget_usd:
+            return {"reason": "budget", "spent": spent}
+        wait = self.windows.admit(key_id, rpm, tpm, time.time())
+        if wait is not None:
+            return {"reason": "rate", "retry_after": wait, "spent": spent}
+        return {"reason": None, "spent": spent}
+
+    async def record_rows(self, rows: list[dict], prices: dict[str, float] | None = None) -> int:
+        """Finished requests' usage rows, written before this returns (the acknowledgement).
+
+        A row seen before (re-sent after a lost answer) is neither counted nor written
+        again; its tokens count against the key's tpm once.
+        """
+        if prices:
+            self.prices.update(prices)
         self._start_loops()
-        self.pending.append(row)
+        if any("key_hash" in row for row in rows):
+            rows = await asyncio.to_thread(self._resolve_keys, rows)
+        fresh = [row for row in rows if row.get("row_id") not in self.seen]
+        for row in fresh:
+            self._count(row)
+        if rows:
+            await asyncio.to_thread(insert_usage, self.engine, rows)
+        self.rows_written += len(fresh)
+        return len(rows)
+
+    def _resolve_keys(self, rows: list[dict]) -> list[dict]:
+        """Rows the Serve proxy wrote for a replica that died before answering carry the
+        bearer key's hash, not its id; a hash this database does not know is not ours."""
+        import sqlalchemy as sa
+
+        from ember.access.schema import API_KEYS
+
+        kept = []
+        for row in rows:
+            if "key_hash" not in row:
+                kept.append(row)
+                continue
+            digest = row.pop("key_hash")
+            if digest is None:
+                kept.append(row)
+                continue
+            with self.engine.connect() as connection:
+                row["key_id"] = connection.execute(sa.select(API_KEYS.c.id).where(
+                    API_KEYS.c.key_hash == digest)).scalar()
+            if row["key_id"] is not None:
+                kept.append(row)
+        return kept
+
+    def _count(self, row: dict) -> None:
+        if row.get("row_id"):
+            self.seen[row["row_id"]] = None
+            if len(self.seen) > SEEN_ROWS:
+                del self.seen[next(iter(self.seen))]
         spent = row.get("prompt_tokens", 0) + row.get("completion_tokens", 0)
         if row.get("key_id") is not None:
             self.windows.spend(row["key_id"], spent, row["ts"])
@@ -138,13 +197,6 @@ class QuotaKeeper:
         """USD per replica-hour of served models (each ingress replica sends its app's)."""
         self.prices.update(prices)
         self._start_loops()
-
-    async def flush(self) -> int:
-        """Write the buffered rows now; how many were written."""
-        rows, self.pending = self.pending, []
-        if rows:
-            await asyncio.to_thread(self._insert, USAGE, rows)
-        return len(rows)
 
     async def sample(self) -> list[dict]:
         """Close the cost interval: replicas x price x seconds, split by tokens; written."""
@@ -163,7 +215,6 @@ class QuotaKeeper:
                              "tokens": n, "usd": share})
                 if key_id is not None:
                     self.spent[key_id] = self.spent.get(key_id, 0.0) + share
-        await self.flush()  # usage rows first: spend rows refer to the same keys
         await asyncio.to_thread(self._insert, SPEND, rows)
         await asyncio.to_thread(self._export, rows, counts, now)
         return rows
@@ -223,15 +274,14 @@ class QuotaKeeper:
         if self._tasks and not any(t.done() for t in self._tasks):
             return
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._every(FLUSH_S, self.flush)),
-                       loop.create_task(self._every(self.sample_s, self.sample))]
+        self._tasks = [loop.create_task(self._every(self.sample_s, self.sample))]
 
     async def _every(self, seconds: float, action) -> None:
         while True:
             await asyncio.sleep(seconds)
             try:
                 await action()
-            except Exception:  # noqa: BLE001 - a failed write is retried next time
+            except Exception:  # noqa: BLE001 - a failed sample is taken again next time
                 logger.exception("QuotaKeeper: %s failed", action.__name__)
 
 
@@ -239,7 +289,35 @@ def keeper_name(url: str) -> str:
     return "ember-quota-" + hashlib.sha256(url.encode()).hexdigest()[:12]
 
 
+def insert_usage(engine, rows: list[dict]) -> None:
+    """Insert usage rows; a row whose `row_id` is already stored is skipped."""
+    table = USAGE
+    if engine.dialect.name == "sqlite":
+        statement = table.insert().prefix_with("OR IGNORE")
+    elif engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+
+        statement = insert(table).on_conflict_do_nothing(index_elements=["row_id"])
+    else:  # other databases: leave out the ids already there, then insert
+        statement = table.insert()
+        rows = _unstored(engine, rows)
+    if rows:
+        with engine.begin() as connection:
+            connection.execute(statement, rows)
+
+
+def _unstored(engine, rows: list[dict]) -> list[dict]:
+    import sqlalchemy as sa
+
+    ids = [r["row_id"] for r in rows if r.get("row_id")]
+    with engine.connect() as connection:
+        stored = set(connection.execute(sa.select(USAGE.c.row_id)
+                                        .where(USAGE.c.row_id.in_(ids))).scalars())
+    return [r for r in rows if r.get("row_id") not in stored]
+
+
 def get_keeper(url: str, sample_s: float = SAMPLE_S, prices: dict[str, float] | None = None):
-    """The keeper of this database, started (detached) by the first replica that asks."""
-    return QuotaKeeper.options(name=keeper_name(url), namespace="ember", get_if_exists=True,
-                               lifetime="detached").remote(url, sample_s, prices)
+    """The keeper of this database, started (detached, outside any placement group)
+    by the first replica that asks."""
+    return QuotaKeeper.options(**service_actor_options(keeper_name(url))).remote(
+        url, sample_s, prices)

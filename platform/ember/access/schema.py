@@ -29,6 +29,9 @@ API_KEYS = sa.Table(
 USAGE = sa.Table(
     "usage", METADATA,
     sa.Column("id", sa.Integer, primary_key=True),
+    # given by the replica that served the request: a row delivered twice (a retry
+    # after a lost acknowledgement) is written once (NULL in rows from before 0003)
+    sa.Column("row_id", sa.String(32), nullable=True, unique=True),
     sa.Column("ts", sa.Float, nullable=False, index=True),
     sa.Column("key_id", sa.Integer, sa.ForeignKey("api_keys.id"), nullable=True, index=True),
     sa.Column("model", sa.String(256), nullable=True),  # as the client named it (rag:docs)

@@ -10,6 +10,10 @@ status class, refusal reason.
     ray_ember_tokens_total{model,key,kind}          kind: prompt | completion
     ray_ember_ttft_seconds / ray_ember_e2e_seconds / ray_ember_itl_seconds {model}
     ray_ember_refused_total{key,reason}             reason: 400 401 402 403 413 429
+    ray_ember_service_up{service}                   1 while a replica reaches the service
+                                                    (usage-keeper), 0 while it does not
+    ray_ember_usage_rows_buffered                   usage rows a replica holds for the keeper
+    ray_ember_usage_rows_dropped_total              rows dropped from a full outbox (lost)
     ray_ember_cost_usd_total{model,key}, ray_ember_replicas{model},
     ray_ember_cost_per_1k_requests_usd{model}, ray_ember_cost_per_1m_tokens_usd{model}
                                                     (the keeper's, every cost interval)
@@ -79,4 +83,19 @@ def cost_metrics() -> dict:
                         "over the last 15 minutes", tag_keys=("model",)),
         "per_1m": Gauge("ember_cost_per_1m_tokens_usd", "measured cost per 1M tokens over the "
                         "last 15 minutes", tag_keys=("model",)),
+    }
+
+
+@cache
+def service_metrics() -> dict:
+    """What each replica sees of Ember's service actors (`access.accounting`)."""
+    from ray.util.metrics import Counter, Gauge
+
+    return {
+        "up": Gauge("ember_service_up", "1 while this replica reaches the service, 0 while "
+                    "it does not", tag_keys=("service",)),
+        "buffered": Gauge("ember_usage_rows_buffered", "usage rows this replica holds until "
+                          "the keeper acknowledges them"),
+        "dropped": Counter("ember_usage_rows_dropped", "usage rows dropped from a full outbox "
+                           "(access.usage_buffer_rows): lost"),
     }

@@ -12,9 +12,12 @@ class BatchServiceConfig(BaseModel):
     files_dir: str | None = Field(None, description="where uploaded and result files live "
                                                     "(every node must see it); default: "
                                                     "$EMBER_HOME/batches")
-    max_file_mb: float = Field(100, gt=0, description="larger uploads answer 413")
+    max_file_mb: float = Field(100, gt=0, description="larger uploads answer 413 (this, not "
+                                                      "access.limits.max_body_mb, applies "
+                                                      "on /v1/files)")
     max_lines: int = Field(50_000, ge=1, description="a batch with more requests answers 400")
-    max_running: int = Field(1, ge=1, description="batches run at once; later ones wait")
+    max_running: int = Field(1, ge=1, description="batches run at once; later ones wait "
+                                                  "(in `validating`)")
     # The batch engine is a separate vLLM engine (Ray Data LLM) beside the online
     # replicas: these are its share of the cluster.
     num_cpus: float = Field(1, ge=0, description="logical CPUs of the batch engine")
@@ -22,7 +25,7 @@ class BatchServiceConfig(BaseModel):
     kv_cache_gib: int = Field(2, ge=1, description="its KV cache on CPU")
     nice: int = Field(10, ge=0, le=19, description="its processes' OS priority (nice): "
                                                    "online requests go first on shared cores")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="requests per Ray Data batch to the engine")
     sync_max_requests: int = Field(64, ge=1, description="POST /v1/batch: more answer 413")
     sync_concurrency: int = Field(8, ge=1, description="POST /v1/batch: requests in flight "
                                                        "at once on the online engine")

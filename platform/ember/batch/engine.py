@@ -17,9 +17,8 @@ from __future__ import annotations
 import json
 import os
 
-from ray.llm._internal.batch.stages.vllm_engine_stage import vLLMEngineStageUDF
-
 from ember.batch.requests import BatchLine
+from ember.ray_internals import swap_vllm_engine_stage, vLLMEngineStageUDF
 
 # vLLM's SamplingParams defaults (OpenAI's too) for the options a line may leave out.
 # Every row carries every option: rows of one block become one Arrow struct column, where
@@ -74,12 +73,7 @@ def batch_processor(config, model_path: str):
     )
     processor = build_processor(processor_config, preprocess=_to_engine,
                                 postprocess=_from_engine)
-    for name in processor.list_stage_names():
-        stage = processor.get_stage_by_name(name)
-        if stage.fn.__name__ == "vLLMEngineStageUDF":
-            # not `stage.fn = ...`: assignment re-runs the stage's validator, which
-            # recomputes its resources without the placement group (and asks for a GPU)
-            object.__setattr__(stage, "fn", NiceEngineUDF)
+    swap_vllm_engine_stage(processor, NiceEngineUDF)
     return processor
 
 
@@ -91,7 +85,7 @@ class NiceEngineUDF(vLLMEngineStageUDF):
     takes what they leave. vLLM's engine-core and worker processes are the actor's
     children and inherit the priority. A Ray worker setup hook would be the public
     way, but Ray applies those only job-wide; this subclass is Ember's one coupling to
-    `ray.llm._internal.batch`.
+    Ray Data LLM's internals (through `ember.ray_internals`).
     """
 
     def __init__(self, *args, **kwargs) -> None:

@@ -107,14 +107,46 @@ def run_status(args) -> int:
         print("no Ray cluster is running on this machine (`ember up` starts one)")
         return 1
     print(f"Ray cluster: {address}   dashboard: {DASHBOARD}")
-    summary = app_summary(serve_details(DASHBOARD))
+    details = serve_details(DASHBOARD)
+    summary = app_summary(details)
     if not summary:
         print("no Serve applications deployed")
     for name, app in summary.items():
         print(f"application {name}: {app['status']} {app['message']}".rstrip())
         for deployment, state in app["deployments"].items():
             print(f"  {deployment}: {state}")
+    _print_services()
+    if summary:
+        _print_health(details.get("http_options") or {})
     return 0
+
+
+def _print_services() -> None:
+    """Ember's service actors: their state, and that they live outside any replica."""
+    from ember.service_actors import service_actors
+
+    actors = [a for a in service_actors(DASHBOARD) if a["state"] != "DEAD"]
+    print("Ember services:" if actors else "Ember services: none started yet")
+    for actor in actors:
+        where = ("outside placement groups" if not actor["placement_group_id"]
+                 else f"IN placement group {actor['placement_group_id'][:8]}")
+        print(f"  {actor['name']}: {actor['state']} (pid {actor['pid']}, {where})")
+
+
+def _print_health(http: dict) -> None:
+    """The service's own /health: ok, or degraded with the reasons."""
+    import httpx
+
+    host = http.get("host") or "127.0.0.1"
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{http.get('port', 8000)}"
+    try:
+        health = httpx.get(f"{url}/health", timeout=15).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        print(f"service health: no answer from {url}/health ({exc})")
+        return
+    print(f"service health: {health.get('status')}")
+    for reason in health.get("reasons") or [health.get("error")] * ("error" in health):
+        print(f"  - {reason}")
 
 
 def run_down(args) -> int:

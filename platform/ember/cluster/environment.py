@@ -2,7 +2,7 @@
 
 A light module (no Ray import): the CLI applies it before any command runs.
 RAY_AUTH_MODE=token because a Ray 2.60 head requires its token and Ray's
-clients default to sending none (STACK.md); HF_HUB_OFFLINE because no model
+clients default to sending none (docs/architecture.md); HF_HUB_OFFLINE because no model
 hub is assumed; no usage stats.
 """
 
@@ -14,11 +14,11 @@ CLIENT_ENV = {"RAY_AUTH_MODE": "token", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_
 #   with an error event, not silently (ember.serving.stream_guard);
 # - workers at the raylet's priority: Ray starts them at nice 15, so on a small
 #   machine the engine lost CPU to Ray's own daemons and to the clients it serves
-#   (README: "Serving hot path");
+#   (docs/architecture.md: "Serving hot path");
 # - a dead worker's process group is killed with it: a SIGKILLed engine replica
 #   would otherwise leave its vLLM engine processes (GBs each) running;
 # - Serve's request path, lighter (Ray's "throughput optimized" settings, chosen
-#   by measurement: README "Serving hot path"): user code (the engine replica's
+#   by measurement: docs/benchmarks.md "Serving hot path"): user code (the engine replica's
 #   ASGI app) on the replica's own event loop and the proxy's router on the
 #   proxy's loop, no thread hops; the proxy streams from replicas over gRPC
 #   instead of one Ray object per ASGI message.

@@ -3,10 +3,10 @@
 Design choices:
 - Plain Ray underneath: `ray start --head`, `serve deploy FILE`, `ray stop`
   run as subprocesses from this virtualenv, so what `ember up` does is what
-  the README's plain-Ray commands do, and the dashboard / `serve status` /
+  docs/deployment.md's plain-Ray commands do, and the dashboard / `serve status` /
   `ray job submit` see an ordinary cluster.
 - Ray 2.60 turns token auth on for a new head; Ember's commands run with
-  RAY_AUTH_MODE=token so its own clients send the token (STACK.md). Only
+  RAY_AUTH_MODE=token so its own clients send the token (docs/deployment.md). Only
   `ray.init()` creates a missing token, not `ray start --head`, so `ember up`
   creates it first the documented way (`ray get-auth-token --generate`).
 - Every refusal (port taken, cluster already there, deploy failed) says what
@@ -46,9 +46,9 @@ def ray_bin(name: str) -> str:
 
 def running_cluster() -> str | None:
     """Address of a Ray cluster running on this machine, if any."""
-    from ray._private.services import find_gcs_addresses
+    from ember.ray_internals import local_gcs_addresses
 
-    addresses = sorted(find_gcs_addresses())
+    addresses = sorted(local_gcs_addresses())
     return addresses[0] if addresses else None
 
 

@@ -64,7 +64,7 @@ def app_names(config: dict[str, Any]) -> list[str]:
 def cpus_needed(config: dict[str, Any]) -> int:
     """Logical CPUs the Serve apps need at their maximum scale.
 
-    Logical CPUs are Ray's scheduling budget, not cores (STACK.md): a head
+    Logical CPUs are Ray's scheduling budget, not cores (docs/architecture.md): a head
     started with too few leaves replicas unscheduled. Each LLM replica takes
     its placement bundles plus its own actor (which also serves HTTP); a
     RAG app also its embeddings deployment.

@@ -19,15 +19,17 @@ class IngestConfig(BaseModel):
     embedder: str = Field(DEFAULT_EMBEDDER, description="catalogue name, folder or HF id")
     milvus_uri: str | None = Field(None, description="a Lite file or a server URI; "
                                                      "default: Ember's data dir")
-    milvus_token: str | None = None
+    milvus_token: str | None = Field(None, description="token of a Milvus server")
     # all-MiniLM-L6-v2 was trained on 128-token inputs; its chunks rank best near that.
-    chunk_tokens: int = Field(128, ge=16, le=8192)
-    overlap_tokens: int = Field(24, ge=0)
-    jsonl_field: str = "text"
+    chunk_tokens: int = Field(128, ge=16, le=8192, description="chunk size, in the "
+                                                               "embedder's tokens")
+    overlap_tokens: int = Field(24, ge=0, description="tokens neighbouring chunks share; "
+                                                      "below chunk_tokens")
+    jsonl_field: str = Field("text", description="the text field of .jsonl lines")
     max_file_mb: float = Field(20.0, gt=0, description="larger files are skipped, with why")
     # 128-token chunks on 2 cores: 32 a batch embedded ~1.1x faster than 64 (both
     # backends), and 32 is sentence-transformers' own default.
-    embed_batch_size: int = Field(32, ge=1)
+    embed_batch_size: int = Field(32, ge=1, description="chunks per embedding batch")
     embed_backend: Literal["auto", "onnx", "encode"] = Field(
         "auto", description="how CPU actors embed: auto (ONNX Runtime where it matches "
                             "sentence-transformers), onnx, or encode (sentence-transformers)")
@@ -44,8 +46,9 @@ class IngestConfig(BaseModel):
     embed_threads: int | None = Field(
         None, ge=1, description="threads per embedding actor; default: the node's "
                                 "cores / embedding actors")
-    embed_num_gpus: float = Field(0, ge=0)
-    write_batch_size: int = Field(512, ge=1)
+    embed_num_gpus: float = Field(0, ge=0, description="GPUs per embedding actor; 1 to embed "
+                                                       "on GPUs")
+    write_batch_size: int = Field(512, ge=1, description="rows per Milvus upsert")
     # Ray Data's start-up (workers, an actor loading the embedder) took ~20 s of the
     # 24 s the six sample files took; a corpus this small is done in the driver itself.
     local_max_mb: float = Field(

@@ -10,7 +10,7 @@ Design choices:
   midway loses nothing: the old chunks are still there, the file is not in
   the ledger, and the re-run rewrites it (chunk ids are deterministic, so the
   rewrite upserts rather than duplicates).
-- The collection is flushed and loaded at the end (STACK.md: searches on
+- The collection is flushed and loaded at the end (docs/architecture.md: searches on
   unflushed data are ~50x slower here).
 - The terminal shows Ember's lines and one live progress line
   (`ember.data.progress`); Ray's own logs go to `ray.log` in the run's folder
@@ -27,6 +27,7 @@ from pathlib import Path
 from ember.data.config import IngestConfig
 from ember.data.files import expand_paths, file_size
 from ember.data.readers import Skipped, file_hash
+from ember.errors import EmberError
 
 
 @dataclass
@@ -72,7 +73,18 @@ def run_ingest(config: IngestConfig, progress=print) -> IngestReport:
     log = run_folder(config.collection) / "ray.log"
     progress(f"Ray's logs for this run: {log}")
     with ray_logs_to(log):
-        return _ingest(config, progress)
+        try:
+            return _ingest(config, progress)
+        except Exception as exc:
+            if not _store_unreachable(exc):
+                raise
+            raise VectorStoreLost(
+                f"the vector store ({config.milvus_uri or 'the default Milvus Lite file'}) "
+                f"did not answer during the ingestion into '{config.collection}': "
+                f"{_first_line(exc)}. A file counts as ingested only once all its chunks "
+                f"are written, so nothing partial does. Run the same `ember ingest` again "
+                f"once the store is back: it skips the files already recorded and rewrites "
+                f"the others' chunks in place (the same ids: no duplicates).") from exc
 
 
 def run_folder(collection: str) -> Path:
@@ -115,6 +127,22 @@ def _ingest(config: IngestConfig, progress) -> IngestReport:
         store.close()
     report.seconds = time.monotonic() - start
     return report
+
+
+class VectorStoreLost(EmberError):
+    """The Milvus server (or Milvus Lite's server actor) went away mid-ingestion."""
+
+
+def _store_unreachable(exc: BaseException) -> bool:
+    """A Milvus client error of a server that is gone (also inside a Ray task's error)."""
+    text = f"{type(exc).__name__}: {exc}"
+    return any(sign in text for sign in ("MilvusException", "StatusCode.UNAVAILABLE",
+                                         "Fail connecting to server", "failed to connect"))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return (f"{type(exc).__name__}: {lines[-1] if lines else ''}")[:300]
 
 
 # Bumped when chunking changes in a way the settings below do not show.

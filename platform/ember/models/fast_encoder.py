@@ -4,7 +4,7 @@
 call, sorts, pads and wraps feature dicts. For the usual embedder layout (a
 transformer, mean pooling, normalisation) the whole of it, pooling included,
 runs as one graph instead; backends in order of speed (2-core machine,
-MiniLM-L6; README "Retrieval" and "Ingestion"):
+MiniLM-L6; docs/rag.md "Retrieval", docs/benchmarks.md "Ingestion throughput"):
 
 1. `onnx`: the graph exported once to ONNX (cached beside the models, keyed by
    the model's files) and run by ONNX Runtime with the model's own fast

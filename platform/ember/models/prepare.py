@@ -8,7 +8,8 @@ Design choices:
   file lock serialises concurrent preparations (two Serve replicas, say).
 - transformers refuses to `save_pretrained` a model loaded from GGUF (it is
   marked quantized); a fresh model built from the same config, with the
-  de-quantized state dict loaded, saves fine (STACK.md).
+  de-quantized state dict loaded, saves fine (docs/architecture.md, "The stack
+  underneath").
 """
 
 from __future__ import annotations

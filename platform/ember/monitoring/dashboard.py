@@ -55,6 +55,9 @@ PANELS = (
         ("max by (model_name) (ray_vllm_kv_cache_usage_perc)", "{{model_name}}"),)),
     PanelSpec("Accelerator utilisation (GPU; CPU on CPU-only clusters)", "percent", (
         ("avg(ray_node_gpus_utilization) or avg(ray_node_cpu_utilization)", "utilisation"),)),
+    PanelSpec("Ember services reached by every replica (1 = yes), usage rows held", "short", (
+        ("min by (service) (ray_ember_service_up)", "{{service}} reached"),
+        ("sum(ray_ember_usage_rows_buffered)", "usage rows waiting in replicas"))),
     PanelSpec("Running replicas (priced models)", "short", (
         ("sum by (model) (ray_ember_replicas)", "{{model}}"),)),
     PanelSpec("Cost USD/hour by model (measured)", "currencyUSD", (

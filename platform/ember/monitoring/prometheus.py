@@ -41,15 +41,36 @@ def ray_discovery_file() -> Path:
     return ray_tmp / "prom_metrics_service_discovery.json"
 
 
+# Alerts on Ember's own health (`ember.access.telemetry.service_metrics`): loaded by the
+# Prometheus `ember monitor up` starts; an Alertmanager, if the operator has one, routes them.
+ALERT_RULES = {"groups": [{"name": "ember", "rules": [
+    {"alert": "EmberServiceUnreachable",
+     "expr": "min by (service) (ray_ember_service_up) == 0", "for": "1m",
+     "labels": {"severity": "critical"},
+     "annotations": {"summary": "An Ember replica has not reached its {{ $labels.service }} "
+                                "for a minute: usage rows wait in the replicas' outboxes and "
+                                "each replica enforces limits on its own traffic."}},
+    {"alert": "EmberUsageRowsDropped",
+     "expr": "increase(ray_ember_usage_rows_dropped_total[15m]) > 0",
+     "labels": {"severity": "critical"},
+     "annotations": {"summary": "Usage rows were dropped from a full replica outbox "
+                                "(access.usage_buffer_rows): requests went unaccounted."}},
+]}]}
+
+
 def write_config(folder: Path, discovery: Path, scrape_s: float) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rules = folder / "ember-alerts.yml"
+    rules.write_text("# Written by `ember monitor up`: alerts on Ember's own health.\n"
+                     + yaml.safe_dump(ALERT_RULES, sort_keys=False))
     config = {
         "global": {"scrape_interval": f"{scrape_s:g}s", "evaluation_interval": f"{scrape_s:g}s"},
+        "rule_files": [str(rules)],
         "scrape_configs": [{
             "job_name": "ray",
             "file_sd_configs": [{"files": [str(discovery)], "refresh_interval": "10s"}],
         }],
     }
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "prometheus.yml"
     path.write_text("# Written by `ember monitor up`: Ray's targets (Ray, vLLM, Ember metrics).\n"
                     + yaml.safe_dump(config, sort_keys=False))

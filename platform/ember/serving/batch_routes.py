@@ -195,6 +195,8 @@ class BatchRoutes:
         """The batch's runner actor, unless one is alive (a replica may race another)."""
         import ray
 
+        from ember.service_actors import service_actor_options
+
         store = self._store()
         model = self.batch_models[row["model"]]
         settings = self.batch_settings
@@ -205,10 +207,11 @@ class BatchRoutes:
                "num_gpus": settings.num_gpus, "kv_cache_gib": settings.kv_cache_gib,
                "nice": settings.nice,
                "max_lines": settings.max_lines}
-        runner = ray.remote(num_cpus=0, max_restarts=0)(BatchRunner).options(
-            name=runner_name(row["id"]), namespace="ember", lifetime="detached",
-            get_if_exists=True).remote(row["id"], self._batch_db_url, str(store.files_dir),
-                                       job, settings.max_running)
+        # a service actor: outside this replica's placement group (its engine's), so the
+        # batch outlives the replica that started it and its job's tasks are not captured
+        runner = ray.remote(BatchRunner).options(
+            **service_actor_options(runner_name(row["id"]), max_restarts=0)).remote(
+                row["id"], self._batch_db_url, str(store.files_dir), job, settings.max_running)
         runner.run.remote()
 
     def _alive(self, batch_id: str) -> bool:
@@ -296,10 +299,7 @@ class BatchRoutes:
         return JSONResponse({"object": "list", "data": list(results)})
 
     async def _sync_one(self, index: int, item, request: Request) -> dict:
-        from ray.llm._internal.serve.core.configs.openai_api_models import (
-            ChatCompletionRequest,
-            CompletionRequest,
-        )
+        from ember.ray_internals import ChatCompletionRequest, CompletionRequest
 
         custom_id = item.get("custom_id") if isinstance(item, dict) else None
         custom_id = custom_id if isinstance(custom_id, str) else f"request-{index}"

@@ -25,14 +25,18 @@ class EngineConfig(_Strict):
     """vLLM engine settings."""
 
     max_model_len: int | None = Field(2048, gt=0, description="context window, in tokens")
-    dtype: str = "auto"
-    tensor_parallel_size: int = Field(1, ge=1)
-    pipeline_parallel_size: int = Field(1, ge=1)
+    dtype: str = Field("auto", description="bfloat16, float16, float32 or auto")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs (or CPU processes) per "
+                                                           "replica")
+    pipeline_parallel_size: int = Field(1, ge=1, description="pipeline stages per replica")
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description="on CPU: the share of NUMA node 0's memory for the engine"
     )
-    max_num_seqs: int | None = Field(None, gt=0)
-    max_num_batched_tokens: int | None = Field(None, gt=0)
+    max_num_seqs: int | None = Field(None, gt=0, description="concurrent sequences per "
+                                                             "engine; null: vLLM's default")
+    max_num_batched_tokens: int | None = Field(None, gt=0, description="tokens per engine "
+                                                                       "step; null: vLLM's "
+                                                                       "default")
     enforce_eager: bool = Field(
         False, description="skip torch.compile: faster start, slower decode"
     )
@@ -48,12 +52,19 @@ class EngineConfig(_Strict):
 
 
 class AutoscalingConfig(_Strict):
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(1, ge=1)
-    initial_replicas: int | None = Field(None, ge=0)
-    target_ongoing_requests: float = Field(16, gt=0)
-    upscale_delay_s: float | None = Field(None, ge=0)
-    downscale_delay_s: float | None = Field(None, ge=0)
+    min_replicas: int = Field(1, ge=0, description="fewest replicas; not above max_replicas")
+    max_replicas: int = Field(1, ge=1, description="most replicas")
+    initial_replicas: int | None = Field(None, ge=0, description="replicas at deployment; "
+                                                                "null: Serve's default")
+    target_ongoing_requests: float = Field(16, gt=0, description="per replica, what "
+                                                                 "autoscaling aims for")
+    upscale_delay_s: float | None = Field(None, ge=0, description="how long load must stay "
+                                                                  "high before a replica is "
+                                                                  "added; null: Serve's default")
+    downscale_delay_s: float | None = Field(None, ge=0, description="how long load must stay "
+                                                                    "low before a replica is "
+                                                                    "removed; null: Serve's "
+                                                                    "default")
 
     @model_validator(mode="after")
     def _ordered(self) -> AutoscalingConfig:
@@ -68,8 +79,12 @@ class AutoscalingConfig(_Strict):
 class PlacementConfig(_Strict):
     """Resources of one replica: one bundle per engine worker (GPU, or CPU here)."""
 
-    bundles: list[dict[str, float]] | None = None
-    strategy: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] = "PACK"
+    bundles: list[dict[str, float]] | None = Field(
+        None, description="Ray resources per engine worker, e.g. [{GPU: 1}, {GPU: 1}]; null: "
+                          "[{CPU: 1}] per engine worker on CPU, Ray's GPU default with an "
+                          "accelerator_type")
+    strategy: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        "PACK", description="how the bundles spread over nodes (STRICT_PACK: all on one node)")
 
 
 class ModelDeploymentConfig(_Strict):
@@ -77,21 +92,25 @@ class ModelDeploymentConfig(_Strict):
 
     name: str = Field(DEFAULT_LLM, min_length=1, description="the id clients send as `model`")
     source: str = Field(DEFAULT_LLM, description="catalogue name, local folder or HF id")
-    engine: EngineConfig = Field(default_factory=EngineConfig)
-    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
-    placement: PlacementConfig = Field(default_factory=PlacementConfig)
-    accelerator_type: str | None = Field(None, description="e.g. H100; None on CPU")
+    engine: EngineConfig = Field(default_factory=EngineConfig,
+                                 description="vLLM engine settings")
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig,
+                                           description="Serve's replica autoscaling")
+    placement: PlacementConfig = Field(default_factory=PlacementConfig,
+                                       description="resources of one replica")
+    accelerator_type: str | None = Field(None, description="e.g. H100, A10G; null: CPU")
     # Above the engine's batch: the engine's scheduler, not Serve's router, should queue
-    # (README, "Serving hot path").
-    max_ongoing_requests: int = Field(256, gt=0, description="per replica, before queueing")
+    # (docs/benchmarks.md, "Serving hot path").
+    max_ongoing_requests: int = Field(256, gt=0, description="per replica (above the engine's "
+                                      "batch), beyond which requests queue")
     max_queued_requests: int | None = Field(
         None, gt=0, description="requests waiting for a replica (per proxy) beyond which new "
-                                "ones get 503 with Retry-After; None: no limit")
+                                "ones get 503 with Retry-After; null: no limit")
     env: dict[str, str] = Field(default_factory=dict, description="env vars of the replicas")
     cpu_worker_niceness: int | None = Field(
         -10, ge=-20, le=19, description="CPU engines: niceness of the vLLM worker's threads, "
                                         "so the node's other processes yield its core "
-                                        "(needs CAP_SYS_NICE; None: unchanged)")
+                                        "(needs CAP_SYS_NICE; null: unchanged)")
     stream_batching_interval_ms: float | None = Field(
         None, ge=0, description="streams of this model to RAG answers served by another "
                                 "model's replica are packed for this long (Ray's default 50)"
@@ -105,10 +124,13 @@ class LLMAppConfig(_Strict):
     """The whole OpenAI-compatible application: models plus the ingress."""
 
     models: list[ModelDeploymentConfig] = Field(
-        default_factory=lambda: [ModelDeploymentConfig()], min_length=1
+        default_factory=lambda: [ModelDeploymentConfig()], min_length=1,
+        description="the served models, one or more; `name` must be unique"
     )
-    access: AccessConfig = Field(default_factory=AccessConfig)
-    batch: BatchServiceConfig = Field(default_factory=BatchServiceConfig)
+    access: AccessConfig = Field(default_factory=AccessConfig,
+                                 description="API keys and per-request limits")
+    batch: BatchServiceConfig = Field(default_factory=BatchServiceConfig,
+                                      description="the Batch API")
 
     @model_validator(mode="after")
     def _unique_names(self) -> LLMAppConfig:

@@ -5,7 +5,7 @@ their own and keeps a core for its engine loop and API server. Nothing keeps
 the rest of a Ray node off the compute cores: Ray's daemons, Serve's proxy and
 controller, the usage keeper, the replica's own event loop. Every slice they
 take there is a slice the engine step waits for, a cost a plain `vllm serve`
-beside an idle machine does not pay (issue 11; README "Serving hot path").
+beside an idle machine does not pay (issue 11; docs/benchmarks.md "Serving hot path").
 
 Pinning the whole Ray node to the engine's reserved core would keep them off,
 but Ray's workers inherit the raylet's CPU set: ingestion, training and batch

@@ -27,12 +27,20 @@ one hop, in whatever batches the proxy takes them.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 from types import SimpleNamespace
 from typing import Any
 
-from ray.llm._internal.serve.core.server.llm_server import LLMServer
+from ember.ray_internals import (
+    LLMServer,
+    build_engine_asgi_app,
+    build_openai_fastapi_app,
+    engine_client,
+    run_request,
+    served_model_id,
+)
 
 logger = logging.getLogger("ember.engine_server")
 HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
@@ -68,13 +76,13 @@ class EmberServer(EngineServer):
 
     async def unfinished_requests(self) -> int:
         """Requests this replica's engine is still working on (through a Serve handle)."""
-        return self.engine._engine_client.get_num_unfinished_requests()
+        return engine_client(self).get_num_unfinished_requests()
 
     async def __serve_build_asgi_app__(self):
         from ember.access.gate import AccessMiddleware
 
-        engine_app = await self.engine.build_asgi_app()
-        return AccessMiddleware(HotPath(self._llm_config.model_id, self._ingress, engine_app,
+        engine_app = await build_engine_asgi_app(self)
+        return AccessMiddleware(HotPath(served_model_id(self), self._ingress, engine_app,
                                         routes_app(self._ingress, self._endpoint_map)))
 
 
@@ -135,9 +143,7 @@ class LocalHandle:
 
     def __getattr__(self, method: str) -> SimpleNamespace:
         async def stream(body, raw_request_info=None):
-            chunks = await self._server._run_request(
-                body, engine_method=method, batch_output_stream=False,
-                raw_request_info=raw_request_info)
+            chunks = await run_request(self._server, body, method, raw_request_info)
             async for chunk in chunks:
                 yield chunk
 
@@ -147,9 +153,7 @@ class LocalHandle:
 def routes_app(ingress, endpoint_map: dict):
     """Ray's OpenAI FastAPI app (its error handling, CORS, request ids) with
     `ingress`'s bound methods as the routes of `endpoint_map`."""
-    from ray.llm._internal.serve.core.ingress.ingress import init
-
-    app = init()
+    app = build_openai_fastapi_app()
     for method_name, route in endpoint_map.items():
         route(app)(getattr(ingress, method_name))
     return app
@@ -196,8 +200,8 @@ def _with_length(headers, length: int) -> list:
 
 
 def _load(path_or_obj):
+    """A class named "package.module:Name" or "package.module.Name" (Serve args are JSON)."""
     if not isinstance(path_or_obj, str):
         return path_or_obj
-    from ray.llm._internal.common.utils.import_utils import load_class
-
-    return load_class(path_or_obj)
+    module, _, name = path_or_obj.rpartition(":" if ":" in path_or_obj else ".")
+    return getattr(importlib.import_module(module), name)

@@ -19,22 +19,24 @@ import typing
 from types import SimpleNamespace
 
 from fastapi import HTTPException, Request
-from ray.llm._internal.serve.core.configs.openai_api_models import (
+from starlette.responses import JSONResponse, Response
+
+from ember.access.config import AccessConfig
+from ember.access.gate import AccessGate, install_gate
+from ember.ray_internals import (
+    DEFAULT_ENDPOINTS,
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     OpenAIHTTPException,
+    OpenAiIngress,
+    ingress_model_cards,
 )
-from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS, OpenAiIngress
-from starlette.responses import Response
-
-from ember.access.config import AccessConfig
-from ember.access.gate import AccessGate, install_gate
 from ember.serving.batch_routes import BATCH_ROUTES, BatchRoutes
 from ember.serving.errors import openai_error
 
-# Ray's OpenAI routes and the Batch API; `engine_server.routes_app` binds them
-ENDPOINTS = {**DEFAULT_ENDPOINTS, **BATCH_ROUTES}
+# Ray's OpenAI routes, the Batch API and /health; `engine_server.routes_app` binds them
+ENDPOINTS = {**DEFAULT_ENDPOINTS, **BATCH_ROUTES, "health": lambda app: app.get("/health")}
 
 
 class EmberIngress(BatchRoutes, OpenAiIngress):
@@ -75,7 +77,7 @@ class EmberIngress(BatchRoutes, OpenAiIngress):
         try:
             return await super()._get_model_id(model)
         except HTTPException as exc:  # Ray raises FastAPI's; re-shaped as an OpenAI error
-            available = ", ".join(sorted(self._model_cards))
+            available = ", ".join(sorted(ingress_model_cards(self)))
             message = (
                 f"The model '{model}' does not exist. Available models: {available}."
                 if exc.status_code == 404
@@ -107,6 +109,26 @@ class EmberIngress(BatchRoutes, OpenAiIngress):
         if refusal := self._embedding_refusal(request, body):
             return refusal
         return await super().embeddings(body, request)
+
+    async def health(self) -> Response:
+        return JSONResponse(self.health_report())
+
+    def health_report(self, problems: list[str] | None = None, **parts) -> dict:
+        """`ok`, or `degraded` with the reasons: the service answers, but something it
+        relies on is away (usage accounting, the vector store). Open, like all /health."""
+        reasons = list(problems or [])
+        accounting = self.gate.health()
+        if accounting["keeper"] != "ok":
+            reasons.append(
+                f"accounting: the usage keeper has been unavailable for "
+                f"{accounting['down_for_s']:.0f}s ({accounting['reason']}); this replica "
+                f"holds {accounting['buffered_rows']} usage rows for it and enforces "
+                f"limits from its own view")
+        if accounting["dropped_rows"]:
+            reasons.append(f"accounting: {accounting['dropped_rows']} usage rows were dropped "
+                           f"(outbox full, access.usage_buffer_rows)")
+        return {"status": "degraded" if reasons else "ok", "reasons": reasons,
+                "models": sorted(ingress_model_cards(self)), "accounting": accounting, **parts}
 
     async def model_data(self, model: str):
         try:

@@ -34,7 +34,7 @@ def _placement(model: ModelDeploymentConfig) -> dict[str, Any] | None:
     """Bundles from the config; on CPU one bundle per engine worker by default.
 
     With no accelerator Ray's defaults ask for GPUs, so CPU models need
-    explicit CPU bundles (STACK.md).
+    explicit CPU bundles (docs/architecture.md, "The stack underneath").
     """
     bundles = model.placement.bundles
     if bundles is None and model.accelerator_type is None:
@@ -92,9 +92,9 @@ def build_ingress_app(config: LLMAppConfig, ingress_cls: str, endpoint_map: str,
     sampler and `ember status` read them).
     """
     from ray import serve
-    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
     from ray.serve.llm import build_llm_deployment
 
+    from ember.ray_internals import to_model_metadata
     from ember.serving.engine_server import EmberServer, EngineServer
 
     first, *others = [build_llm_config(m) for m in config.models]

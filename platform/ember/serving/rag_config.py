@@ -14,21 +14,25 @@ RAG_MODEL = "rag"  # `rag` uses the default collection; `rag:<collection>` names
 
 class RetrievalConfig(_Strict):
     embedder: str = Field(DEFAULT_EMBEDDER, description="must match the collections' embedder")
-    embedder_num_cpus: float = Field(0.5, ge=0)
+    embedder_num_cpus: float = Field(0.5, ge=0, description="logical CPUs of the embedder "
+                                                            "deployment (/v1/embeddings)")
     milvus_uri: str | None = Field(None, description="Lite file or server URI; default: "
                                                      "Ember's data dir")
-    default_collection: str = "default"
-    top_k: int = Field(4, ge=1)
-    max_top_k: int = Field(50, ge=1)
-    score_threshold: float | None = Field(None, ge=-1, le=1)
+    default_collection: str = Field("default", description="what the model `rag` searches")
+    top_k: int = Field(4, ge=1, description="chunks retrieved when a request sets none")
+    max_top_k: int = Field(50, ge=1, description="requests asking for more get a 400")
+    score_threshold: float | None = Field(
+        None, ge=-1, le=1, description="drop hits below this cosine similarity (dense scores "
+                                       "only); null: keep them")
     llm: str | None = Field(None, description="model that answers; default: the first model")
     default_max_tokens: int = Field(256, gt=0, description="for RAG requests that set none")
     # dense by measurement: on samples/eval/pydocs-questions.jsonl hybrid ranked the right
-    # page first 41/60 times, dense 44/60 (README, "Retrieval")
+    # page first 41/60 times, dense 44/60 (docs/rag.md, "Retrieval")
     mode: Literal["dense", "keyword", "hybrid"] = Field(
         "dense", description="dense vectors, BM25 keywords, or both fused by rank (RRF)")
     rerank: bool = Field(False, description="rescore the best candidates with a cross-encoder")
-    rerank_candidates: int = Field(20, ge=1, le=200)
+    rerank_candidates: int = Field(20, ge=1, le=200, description="how many of the best hits "
+                                                                 "the reranker rescores")
     reranker: str | None = Field(DEFAULT_RERANKER, description="catalogue name or folder")
     refresh_s: float = Field(5.0, ge=0, description="how often a replica checks a collection "
                                                     "for a new version (then reloads it)")
@@ -58,7 +62,8 @@ class RetrievalConfig(_Strict):
 
 
 class RAGAppConfig(LLMAppConfig):
-    rag: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    rag: RetrievalConfig = Field(default_factory=RetrievalConfig,
+                                 description="retrieval and answering (serve_apps.rag only)")
 
     @model_validator(mode="after")
     def _llm_is_served(self) -> RAGAppConfig:

@@ -16,14 +16,9 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import Request
-from ray.llm._internal.serve.core.configs.openai_api_models import (
-    ChatCompletionRequest,
-    EmbeddingRequest,
-    ModelCard,
-    ModelList,
-)
 from starlette.responses import JSONResponse, Response
 
+from ember.ray_internals import ChatCompletionRequest, EmbeddingRequest, ModelCard, ModelList
 from ember.serving import streams
 from ember.serving.errors import openai_error
 from ember.serving.ingress import ENDPOINTS as EMBER_ENDPOINTS
@@ -155,15 +150,21 @@ class RAGIngress(EmberIngress):
             first_event={"sources": found})
 
     async def health(self) -> Response:
+        """503 without the embedder; `degraded` (200) while the vector store or the
+        usage keeper is away: chats, and searches of loaded collections, still answer."""
         try:
             info = await asyncio.wait_for(self.retriever.embedder.info.remote(), timeout=10)
-            collections = await asyncio.wait_for(self._collections(), timeout=10)
-        except Exception as exc:  # noqa: BLE001 - any failing dependency means unhealthy
+        except Exception as exc:  # noqa: BLE001 - any failing embedder means unhealthy
             return JSONResponse({"status": "unhealthy", "error": f"{type(exc).__name__}: {exc}"},
                                 status_code=503)
-        return JSONResponse({"status": "ok", "models": sorted(self._model_cards),
-                             "embedder": info, "collections": collections,
-                             "query_encoder": self.retriever.query_encoder_backend()})
+        problems, collections = [], None
+        try:
+            collections = await asyncio.wait_for(self._collections(), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - reported, the service keeps answering
+            problems.append(f"vector store: {type(exc).__name__}: {exc}"[:300])
+        return JSONResponse(self.health_report(
+            problems, embedder=info, collections=collections,
+            query_encoder=self.retriever.query_encoder_backend()))
 
     async def metrics(self) -> Response:
         return Response(render(), media_type="text/plain; version=0.0.4")

@@ -23,10 +23,13 @@ class Param(_Strict):
     """One dimension: `{type: loguniform, low: 1e-5, high: 1e-2}` or `{type: choice, values: [..]}`.
     """
 
-    type: Literal["loguniform", "uniform", "randint", "choice"]
-    low: float | None = None
-    high: float | None = None
-    values: list[Any] | None = None
+    type: Literal["loguniform", "uniform", "randint", "choice"] = Field(
+        description="the distribution the values are drawn from")
+    low: float | None = Field(None, description="lower bound (not for choice; > 0 for "
+                                                "loguniform)")
+    high: float | None = Field(None, description="upper bound, above low (not for choice; "
+                                                 "excluded for randint)")
+    values: list[Any] | None = Field(None, description="the options of a choice")
 
     @model_validator(mode="after")
     def _well_formed(self) -> Param:
@@ -46,45 +49,59 @@ class Param(_Strict):
 
 
 class SearchSection(_Strict):
-    seed: int = 0
-    num_samples: int = Field(8, ge=1)
+    seed: int = Field(0, description="seed of Optuna's TPE sampler")
+    num_samples: int = Field(8, ge=1, description="trials")
     # None: as many trials at once as the cluster's CPUs (or GPUs) fit, each trial
     # asking for scaling.num_workers x resources_per_worker.
-    max_concurrent_trials: int | None = Field(None, ge=1)
-    metric: str = "val_loss"
-    mode: Literal["min", "max"] = "min"
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="trials at once; null: what the cluster's free CPUs (or GPUs) "
+                                "fit when the sweep starts")
+    metric: str = Field("val_loss", description="the job's validation metric the sweep "
+                                                "optimises, and ASHA stops on")
+    mode: Literal["min", "max"] = Field("min", description="minimise or maximise metric")
     # Configs to try first (Optuna's enqueued trials), as {dotted.path: value}.
-    points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
+    points_to_evaluate: list[dict[str, Any]] = Field(
+        default_factory=list, description="configs to try first, {dotted.path: value}")
 
 
 class AshaSection(_Strict):
     """ASHA over evaluations: `grace_period: 1` lets a trial be stopped after one."""
 
-    enabled: bool = True
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(2, gt=1)
+    enabled: bool = Field(True, description="stop the worst trials early")
+    grace_period: int = Field(1, ge=1, description="evaluations before a trial can be stopped")
+    reduction_factor: float = Field(2, gt=1, description="1 / the share of trials kept at each "
+                                                         "rung")
     max_t: int | None = Field(None, ge=1, description="evaluations; default: the job's")
 
 
 class SweepTracking(_Strict):
-    enabled: bool = True
-    uri: str | None = None
-    experiment: str = "ember-sweeps"
+    enabled: bool = Field(True, description="log the sweep to MLflow")
+    uri: str | None = Field(None, description="MLflow tracking URI; default: SQLite in "
+                                              "Ember's home")
+    experiment: str = Field("ember-sweeps", description="MLflow experiment")
 
 
 class SweepConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$",
+                      description="the sweep's folder under storage_path and its MLflow run")
     base_job: str = Field(description="the SFT job config every trial starts from")
     overrides: dict[str, Any] = Field(default_factory=dict, description="applied to the "
-                                      "base job for every trial (nested keys)")
-    search_space: dict[str, Param] = Field(min_length=1)
-    search: SearchSection = Field(default_factory=SearchSection)
-    asha: AshaSection = Field(default_factory=AshaSection)
-    time_budget_s: float | None = Field(None, gt=0)
+                                      "base job for every trial and the best config "
+                                      "(nested keys)")
+    search_space: dict[str, Param] = Field(
+        min_length=1, description="the parameters searched, keyed by dotted paths into the "
+                                  "SFT job (`train.lr`, `method.lora.r`)")
+    search: SearchSection = Field(default_factory=SearchSection,
+                                  description="Optuna's search")
+    asha: AshaSection = Field(default_factory=AshaSection,
+                              description="ASHA early stopping, in evaluations")
+    time_budget_s: float | None = Field(None, gt=0, description="the sweep stops after this "
+                                                                "long; null: no limit")
     storage_path: str | None = Field(None, description="default $EMBER_HOME/tune")
     best_config_out: str | None = Field(None, description="where the best trial's SFT config "
                                         "is written; default <storage>/<name>/best-job.yaml")
-    tracking: SweepTracking = Field(default_factory=SweepTracking)
+    tracking: SweepTracking = Field(default_factory=SweepTracking, description="MLflow: a "
+                                    "parent run for the sweep, a child run per trial")
 
     @model_validator(mode="after")
     def _paths_exist_in_the_job_schema(self) -> SweepConfig:

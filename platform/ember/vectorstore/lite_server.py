@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 
 NAMESPACE = "ember"
 
@@ -31,11 +32,16 @@ def shared_uri(uri: str) -> str:
 
     if not ray.is_initialized():
         return uri
+    from ember.service_actors import service_actor_options
+
     path = os.path.abspath(uri)
     server = _server_class().options(
-        name=f"milvus-lite:{path}", namespace=NAMESPACE, lifetime="detached",
-        get_if_exists=True, num_cpus=0).remote(path)
+        **service_actor_options(server_name(path), max_restarts=-1)).remote(path)
     return ray.get(server.uri.remote())
+
+
+def server_name(path: str) -> str:
+    return f"milvus-lite:{path}"
 
 
 @functools.cache
@@ -47,7 +53,10 @@ def _server_class():
         def __init__(self, path: str) -> None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             self.path = path
-            self.server, self.db, self.port = start_lite_server(path)
+            port_file = f"{path}.port"
+            self.server, self.db, self.port = start_lite_server(path, _last_port(port_file))
+            with open(port_file, "w") as f:
+                f.write(str(self.port))
 
         def uri(self) -> str:
             return f"http://127.0.0.1:{self.port}"
@@ -66,8 +75,24 @@ KEEPALIVE_OPTIONS = [
 ]
 
 
-def start_lite_server(path: str):
-    """Milvus Lite's gRPC server (milvus-lite 3.2.2 internals) on a free loopback port."""
+def _last_port(port_file: str) -> int:
+    """The port a previous server of this data dir listened on, if it is free again."""
+    try:
+        with open(port_file) as f:
+            port = int(f.read().strip())
+    except (OSError, ValueError):
+        return 0
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
+    return port
+
+
+def start_lite_server(path: str, port: int = 0):
+    """Milvus Lite's gRPC server (milvus-lite 3.2.2 internals) on loopback (0: a free port)."""
     from concurrent import futures
 
     import grpc
@@ -80,6 +105,6 @@ def start_lite_server(path: str):
                  ("grpc.max_send_message_length", lite._MAX_MESSAGE_SIZE),
                  *KEEPALIVE_OPTIONS])
     lite.milvus_pb2_grpc.add_MilvusServiceServicer_to_server(lite.MilvusServicer(db), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     return server, db, port

@@ -10,7 +10,7 @@ Design choices:
 - A ledger collection (`<name>__files`) records each file's hash once all its
   chunks are written: a file is "ingested" only then. Milvus needs a vector
   field in every collection, so the ledger carries a 2-dim placeholder.
-- Search right after inserting is ~50x slower until flushed (STACK.md):
+- Search right after inserting is ~50x slower until flushed (docs/architecture.md):
   writers call `finish()` (flush + index + load) at the end.
 """
 
