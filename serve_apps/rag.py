@@ -1,7 +1,7 @@
 """The RAG application: `import_path: serve_apps.rag:build_app`.
 
 Every OpenAI route of serve_apps.llm, plus retrieval (`rag:<collection>`
-models, /v1/retrieve, /rag-generate, /v1/embeddings, /health, /metrics).
+models, /v1/retrieve, /generate, /rag-generate, /v1/embeddings, /health).
 
     serve deploy cluster/serve/local.yaml    # args: validated as RAGAppConfig
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from ember.config.loading import validate
-from ember.serving.rag_app import build_rag_app
-from ember.serving.rag_config import RAGAppConfig
+from ember.serving.rag.app import build_rag_app
+from ember.serving.rag.config import RAGAppConfig
 
 
 def build_app(args: dict[str, Any] | None = None):

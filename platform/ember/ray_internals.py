@@ -58,10 +58,13 @@ OPENAI_INGRESS_PRIVATE_MEMBERS = (
     "_model_cards",  # read through `ingress_model_cards()`
 )
 LLM_SERVER_PRIVATE_MEMBERS = (
-    "__serve_build_asgi_app__",  # overridden: the replica serves Ember's app (engine_server)
+    "__serve_build_asgi_app__",  # overridden: the replica serves Ember's app (engine_replica)
     "_run_request",  # called through `run_request()`
     "_llm_config",  # read through `served_model_id()`
     "engine",  # read through `engine_client()`/`build_engine_asgi_app()`
+)
+ACTOR_HANDLE_PRIVATE_MEMBERS = (
+    "_actor_id",  # read through `actor_id()`
 )
 VLLM_ENGINE_PRIVATE_MEMBERS = (
     "_engine_client",  # read through `engine_client()`
@@ -118,6 +121,12 @@ async def run_request(server, body, engine_method: str, raw_request_info=None):
     return await server._run_request(body, engine_method=engine_method,
                                      batch_output_stream=False,
                                      raw_request_info=raw_request_info)
+
+
+def actor_id(handle) -> str:
+    """The actor's id, to tell a replaced actor from the one a handle pointed at."""
+    # Ray's handles carry it as `_actor_id`; there is no public accessor
+    return handle._actor_id.hex()
 
 
 def swap_vllm_engine_stage(processor, udf_cls) -> None:

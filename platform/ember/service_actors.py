@@ -53,14 +53,6 @@ def service_actor_options(name: str, **overrides) -> dict:
             "scheduling_strategy": outside_placement_groups(), **overrides}
 
 
-def actor_id(handle) -> str:
-    """The actor's id, to tell a replaced actor from the one a handle pointed at.
-
-    Ray's handles carry it as `_actor_id` (there is no public accessor).
-    """
-    return handle._actor_id.hex()
-
-
 def service_actors(address: str | None = None) -> list[dict]:
     """Ember's named actors: name, state, node, placement group (None: outside any)."""
     from ray.util.state import list_actors

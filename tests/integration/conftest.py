@@ -67,8 +67,8 @@ def milvus_uri(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def sample_ingest(ray_cluster, milvus_uri):
     """The sample corpus in the collection the service searches by default."""
-    from ember.data.config import IngestConfig
-    from ember.data.pipeline import run_ingest
+    from ember.ingest.config import IngestConfig
+    from ember.ingest.pipeline import run_ingest
 
     return run_ingest(IngestConfig(paths=[str(SAMPLES)], collection=COLLECTION,
                                    milvus_uri=milvus_uri))

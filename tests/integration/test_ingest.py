@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from ember.data.config import IngestConfig
-from ember.data.pipeline import run_ingest
+from ember.ingest.config import IngestConfig
+from ember.ingest.pipeline import run_ingest
 
 from .conftest import COLLECTION, SAMPLES
 
@@ -123,7 +123,7 @@ def test_bad_files_are_skipped_and_the_rest_of_the_batch_lands(ingest, tmp_path,
 
 
 def test_job_module_runs_as_a_ray_job_driver(ray_cluster, milvus_uri, corpus, tmp_path):
-    """`python -m ember.data.job --config ...`, joined to the cluster as `ray job` does."""
+    """`python -m ember.ingest.job --config ...`, joined to the cluster as `ray job` does."""
     import os
     import subprocess
     import sys
@@ -135,7 +135,7 @@ def test_job_module_runs_as_a_ray_job_driver(ray_cluster, milvus_uri, corpus, tm
                                       "collection": "job_test", "milvus_uri": milvus_uri}))
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
            "RAY_AUTH_MODE": "token"}
-    out = subprocess.run([sys.executable, "-m", "ember.data.job", "--config", str(config)],
+    out = subprocess.run([sys.executable, "-m", "ember.ingest.job", "--config", str(config)],
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "collection 'job_test': 1 files read, 0 skipped" in out.stdout
@@ -143,7 +143,7 @@ def test_job_module_runs_as_a_ray_job_driver(ray_cluster, milvus_uri, corpus, tm
 
 def test_an_interrupted_run_loses_nothing_and_a_rerun_completes_it(ingest, corpus, store):
     """State of a run killed after writing part of a new version, before its ledger entry."""
-    from ember.data.readers import file_hash
+    from ember.ingest.readers import file_hash
 
     before = ingest()
     old_chunks = len(texts_of(store, "05-history.md"))

@@ -6,8 +6,8 @@ import time
 
 import httpx
 import pytest
-from ember.data.config import IngestConfig
-from ember.data.pipeline import run_ingest
+from ember.ingest.config import IngestConfig
+from ember.ingest.pipeline import run_ingest
 
 from .conftest import COLLECTION
 from .keys import AUTH
@@ -84,7 +84,7 @@ def test_fallbacks_to_dense_search_say_why(ray_cluster, milvus_uri, sample_inges
     """A reranker that cannot load, and a collection too big for the memory index."""
     import asyncio
 
-    from ember.serving.retrieval import Retriever, SearchSettings
+    from ember.serving.rag.retrieval import Retriever, SearchSettings
 
     question, source = next(iter(QUESTIONS.items()))
     no_reranker = Retriever("all-minilm-l6-v2", milvus_uri, 50, None,

@@ -88,7 +88,7 @@ def replace_keeper_with_a_silent_one(access_url: str):
     """The keeper's name held by an actor that never answers (a stuck keeper, as a
     replica sees one); each replica's watch must notice and replace it."""
     import ray
-    from ember.access.quota import keeper_name
+    from ember.access.metering import keeper_name
 
     @ray.remote(max_concurrency=100)
     class Silent:
@@ -124,7 +124,7 @@ def wait_for_health(base_url: str, status: str, within_s: float) -> dict:
 
 def test_a_silent_keeper_leaves_limits_working_and_loses_no_usage(base_url, access_url):
     import ray
-    from ember.access.quota import keeper_name
+    from ember.access.metering import keeper_name
 
     rate_key, rate = create_key(access_url, "outage-rpm-3", rpm=3)
     budget_key, budget = create_key(access_url, "outage-spent", budget_usd=1e-9)
@@ -216,8 +216,8 @@ def test_an_ingestion_that_loses_its_server_finishes_or_says_so_and_a_rerun_comp
     holds exactly the chunks of a clean ingestion (none lost, none twice)."""
     import threading
 
-    from ember.data.config import IngestConfig
-    from ember.data.pipeline import VectorStoreLost, run_ingest
+    from ember.ingest.config import IngestConfig
+    from ember.ingest.pipeline import VectorStoreLost, run_ingest
     from ember.vectorstore.lite_server import shared_uri
     from ember.vectorstore.milvus import MilvusStore
 
@@ -246,8 +246,8 @@ def test_an_ingestion_that_loses_its_server_finishes_or_says_so_and_a_rerun_comp
 
 
 def test_an_ingestion_into_an_unreachable_store_says_what_to_do(ray_cluster, tmp_path):
-    from ember.data.config import IngestConfig
-    from ember.data.pipeline import VectorStoreLost, run_ingest
+    from ember.ingest.config import IngestConfig
+    from ember.ingest.pipeline import VectorStoreLost, run_ingest
 
     from .conftest import SAMPLES, free_port
 

@@ -22,6 +22,11 @@ import yaml
 from tests.integration.conftest import REPO
 from tests.integration.test_training import TINY_MODEL
 
+# Longer than the suite's ceiling (pyproject.toml): the sweep may run for its
+# time_budget_s (1200 s), paid by whichever test first uses it, and the killed sweep
+# waits up to 600 s for a finished trial and 900 s for the restored run.
+pytestmark = pytest.mark.timeout(1800)
+
 GOOD = {"train.lr": 3e-3, "method.lora.r": 8, "method.lora.dropout": 0.0,
         "train.warmup_steps": 0}
 TOO_HIGH = {**GOOD, "train.lr": 2.0}

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from ember.access import keys, store
 from ember.access.config import AccessConfig, RequestLimits
-from ember.access.quota import Windows
+from ember.access.limits import Windows
 from ember.access.schema import METADATA
 
 
@@ -167,7 +167,7 @@ def test_the_usage_outbox_keeps_order_and_counts_what_it_drops():
 
 
 def test_a_usage_row_delivered_twice_is_written_once(url):
-    from ember.access.quota import insert_usage
+    from ember.access.metering import insert_usage
 
     store.migrate(url)
     engine = store.engine_for(url)
@@ -179,3 +179,20 @@ def test_a_usage_row_delivered_twice_is_written_once(url):
     with engine.connect() as connection:
         ids = connection.execute(sa.text("SELECT row_id FROM usage ORDER BY id")).scalars().all()
     assert ids == ["a" * 32, "b" * 32]
+
+
+def test_request_state_written_by_a_route_is_read_by_the_gate():
+    """The route sees a copy of the gate's scope (the hot path rewrites its headers);
+    both share one state dict."""
+    from ember.access import request_state
+    from starlette.requests import Request
+
+    gate_scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+                  "headers": []}
+    request_state.set_key(gate_scope, "the key")
+    request = Request({**gate_scope, "headers": [(b"content-length", b"2")]})
+    request_state.set_served_model(request.scope, "smollm2")
+    request_state.set_strip_usage(request.scope)
+    assert request_state.key_of(request.scope) == "the key"
+    assert request_state.served_model_of(gate_scope) == "smollm2"
+    assert request_state.strips_usage(gate_scope)

@@ -99,7 +99,7 @@ def test_every_engine_row_carries_every_sampling_option():
     """Rows of one Ray Data block share one Arrow struct: an option one line leaves out
     must not reach vLLM as None (a None ignore_eos hung the engine)."""
     import vllm
-    from ember.batch.engine import engine_rows
+    from ember.batch.processor import engine_rows
     from ember.batch.requests import SAMPLING_KEYS
 
     lines = [(1, chat("a")), (2, chat("b", temperature=0, ignore_eos=True, stop="x")),

@@ -1,7 +1,7 @@
 """Chunking by tokens: sizes, overlap, headings, long runs."""
 
 import pytest
-from ember.data.chunking import chunk_text
+from ember.ingest.chunking import Chunk, chunk_text
 
 
 def words(text: str) -> int:  # a stand-in tokenizer: one token per word
@@ -42,10 +42,15 @@ def test_overlap_must_be_smaller_than_the_chunk():
         chunk_text("x", words, chunk_tokens=10, overlap_tokens=10)
 
 
-def test_content_hash_depends_on_text_only():
-    a = chunk_text("Same text.", words)[0]
-    b = chunk_text("Same text.", words)[0]
-    assert a.content_hash == b.content_hash and len(a.content_hash) == 64
+def test_content_hash_is_the_sha256_of_the_text_only():
+    """What Milvus stores in its 64-character `content_hash` field: the SHA-256 of the
+    chunk's UTF-8 text (pinned here), whatever its position, size or section."""
+    chunk = chunk_text("Same text.", words)[0]
+    assert chunk.content_hash == \
+        "9181728b6117a4472e0459e1e01d5233f01921a0095195b8fdd3533147ad53f7"
+    moved = Chunk("Same text.", position=7, tokens=99, section="Guide > Fares")
+    assert moved.content_hash == chunk.content_hash
+    assert Chunk("Same text!", position=0, tokens=2).content_hash != chunk.content_hash
 
 
 def test_each_chunk_knows_the_headings_it_sits_under():
@@ -70,7 +75,7 @@ TOKENIZER_TEXTS = ["Hello, world!", "The ferry leaves the pier at nine.",
 def test_the_light_token_counter_counts_and_cuts_as_transformers_does():
     """Read tasks count with the `tokenizers` library on the model's tokenizer.json;
     the counts and cuts must be those of the transformers tokenizer they replace."""
-    from ember.data.tokens import load_counter
+    from ember.ingest.tokens import load_counter
     from ember.models.catalogue import DEFAULT_EMBEDDER, resolve_model
     from transformers import AutoTokenizer
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ember.cluster.serve_config import APP_ARG_SCHEMAS, cpus_needed, load_serve_config
+from ember.cluster.serve_yaml import APP_ARG_SCHEMAS, cpus_needed, load_serve_config
 from ember.config.loading import ConfigError, validate
-from ember.serving.rag_config import RAGAppConfig
+from ember.serving.rag.config import RAGAppConfig
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 SERVE_CONFIGS = sorted((CLUSTER / "serve").glob("*.yaml"))
@@ -71,7 +71,7 @@ def test_serve_config_invalid_for_ray_is_refused(tmp_path):
 @pytest.mark.parametrize("path", sorted((CLUSTER / "jobs").glob("ingest*.yaml")),
                          ids=lambda p: p.name)
 def test_ingest_job_configs_are_valid(path):
-    from ember.data.job import load_ingest_config
+    from ember.ingest.job import load_ingest_config
 
     config = load_ingest_config(str(path))
     assert config.paths and config.collection
@@ -80,8 +80,36 @@ def test_ingest_job_configs_are_valid(path):
 
 
 def test_ingest_config_typo_is_named(tmp_path):
-    from ember.data.job import load_ingest_config
+    from ember.ingest.job import load_ingest_config
 
     (tmp_path / "bad.yaml").write_text("paths: [x]\ncollection: c\nchunk_size: 10\n")
     with pytest.raises(ConfigError, match="unknown key 'chunk_size'"):
         load_ingest_config(str(tmp_path / "bad.yaml"))
+
+
+def test_ember_up_finds_the_checkouts_cluster_files(monkeypatch):
+    from ember.cluster.serve_yaml import default_serve_config
+
+    monkeypatch.delenv("EMBER_CLUSTER_DIR", raising=False)
+    assert default_serve_config() == CLUSTER / "serve" / "local.yaml"
+
+
+def test_ember_cluster_dir_names_the_cluster_files(monkeypatch, tmp_path):
+    from ember.cluster.serve_yaml import default_serve_config
+
+    (tmp_path / "serve").mkdir()
+    (tmp_path / "serve" / "local.yaml").write_text("applications: []\n")
+    monkeypatch.setenv("EMBER_CLUSTER_DIR", str(tmp_path))
+    assert default_serve_config() == tmp_path / "serve" / "local.yaml"
+    monkeypatch.setenv("EMBER_CLUSTER_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="EMBER_CLUSTER_DIR=.*nowhere: no serve/local.yaml"):
+        default_serve_config()
+
+
+def test_an_installed_ember_without_cluster_files_says_what_to_do(monkeypatch, tmp_path):
+    from ember.cluster import serve_yaml
+
+    monkeypatch.delenv("EMBER_CLUSTER_DIR", raising=False)
+    monkeypatch.setattr(serve_yaml, "checkout_cluster_dir", lambda: tmp_path / "cluster")
+    with pytest.raises(ConfigError, match="--config FILE`, or set EMBER_CLUSTER_DIR"):
+        serve_yaml.default_serve_config()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from ember.access import keys, store
 from ember.access.costs import Line, best_throughput, estimate, format_report, load_report
-from ember.access.quota import allocate
+from ember.access.metering import allocate
 from ember.access.schema import SPEND, USAGE
 from ember.cli.cost_cmd import parse_hosted, parse_period
 from ember.errors import EmberError

@@ -1,4 +1,4 @@
-"""The engine replica's request split (`engine_server.HotPath`), around small ASGI apps.
+"""The engine replica's request split (`engine_replica.HotPath`), around small ASGI apps.
 
 The real thing (vLLM's app on a real engine, Ember's routes, Serve's proxy) is
 exercised by every integration test; these pin down which request goes where
@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-from ember.serving.engine_server import HotPath
-from ember.serving.errors import openai_error
+from ember.openai_errors import openai_error
+from ember.serving.engine_replica import HotPath
 
 MODEL = "m"
 
@@ -30,7 +30,7 @@ class Recorder:
 
 
 class Checks:
-    """Stands in for EmberIngress's checks: refuses n > 1."""
+    """Stands in for OpenAIRoutes's checks: refuses n > 1."""
 
     def hot_path_refusal(self, path, data, key):
         return openai_error(400, "n too big", "n") if data.get("n", 1) > 1 else None

@@ -6,7 +6,8 @@ import io
 import logging
 import os
 
-from ember.data.progress import Totals, describe, ray_logs_to, run_with_progress
+from ember.ingest.progress import Totals, describe, run_with_progress
+from ember.ray_session import ray_logs_to
 
 
 def snapshot(files=0, nbytes=0, chunks_read=0, written=0, base_write=None, last_write=None,
@@ -48,7 +49,7 @@ def test_long_etas_read_in_minutes():
 
 
 def test_the_rate_base_is_the_newest_write_a_window_old():
-    from ember.data.progress import RATE_WINDOW_S, WriteLog
+    from ember.ingest.progress import RATE_WINDOW_S, WriteLog
 
     log = WriteLog()
     assert log.base() == (None, 0)

@@ -120,7 +120,7 @@ def test_the_rayservice_serves_exactly_the_multi_gpu_serve_config():
 
 
 def test_the_embedded_serve_config_passes_embers_schemas(tmp_path):
-    from ember.cluster.serve_config import load_serve_config
+    from ember.cluster.serve_yaml import load_serve_config
 
     service = documents(K8S / "rayservice.yaml")[0]
     path = tmp_path / "serve.yaml"

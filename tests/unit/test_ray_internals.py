@@ -54,7 +54,8 @@ def test_only_the_door_reaches_rays_private_modules():
 
 
 # Ray's private attributes Ember reads: only the door's functions may touch them
-READ_THROUGH_DOOR = re.compile(r"\.(_model_cards|_llm_config|_engine_client|_run_request)\b")
+READ_THROUGH_DOOR = re.compile(
+    r"\.(_model_cards|_llm_config|_engine_client|_run_request|_actor_id)\b")
 
 
 def test_private_members_are_read_only_through_the_door():
@@ -110,9 +111,12 @@ def has_member(cls, name: str) -> bool:
 @pytest.mark.parametrize(("base", "members"), [
     ("OpenAiIngress", ray_internals.OPENAI_INGRESS_PRIVATE_MEMBERS),
     ("LLMServer", ray_internals.LLM_SERVER_PRIVATE_MEMBERS),
+    ("ActorHandle", ray_internals.ACTOR_HANDLE_PRIVATE_MEMBERS),
 ])
 def test_private_members_ember_uses_exist_on_the_base_classes(base, members):
-    cls = getattr(ray_internals, base)
+    import ray.actor
+
+    cls = ray.actor.ActorHandle if base == "ActorHandle" else getattr(ray_internals, base)
     assert [m for m in members if not has_member(cls, m)] == []
 
 
@@ -129,9 +133,9 @@ def parameters(function) -> list[str]:
 
 
 @pytest.mark.parametrize(("ember", "base", "method"), [
-    ("ember.serving.ingress:EmberIngress", "OpenAiIngress", "_get_model_id"),
-    ("ember.serving.ingress:EmberIngress", "OpenAiIngress", "_process_llm_request"),
-    ("ember.serving.engine_server:EmberServer", "LLMServer", "__serve_build_asgi_app__"),
+    ("ember.serving.openai_routes:OpenAIRoutes", "OpenAiIngress", "_get_model_id"),
+    ("ember.serving.openai_routes:OpenAIRoutes", "OpenAiIngress", "_process_llm_request"),
+    ("ember.serving.engine_replica:EmberServer", "LLMServer", "__serve_build_asgi_app__"),
 ])
 def test_ember_overrides_match_the_base_methods(ember, base, method):
     module, name = ember.split(":")
@@ -189,8 +193,8 @@ def test_ray_private_services_and_worker_members_exist():
 
 
 def test_classes_load_from_serve_args_without_ray():
-    from ember.serving.engine_server import HotPath, _load
+    from ember.serving.engine_replica import HotPath, _load
 
-    assert _load("ember.serving.engine_server:HotPath") is HotPath
-    assert _load("ember.serving.engine_server.HotPath") is HotPath
+    assert _load("ember.serving.engine_replica:HotPath") is HotPath
+    assert _load("ember.serving.engine_replica.HotPath") is HotPath
     assert _load(HotPath) is HotPath

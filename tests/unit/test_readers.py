@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
-from ember.data.files import expand_paths
-from ember.data.readers import Skipped, read_file
+from ember.ingest.files import expand_paths
+from ember.ingest.readers import Skipped, read_file
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "corpus"
 

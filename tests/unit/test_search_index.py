@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ember.serving.search_index import BM25, Chunk, Snapshot, rrf, tokenize, top
+from ember.serving.rag.search_index import BM25, Chunk, Snapshot, rrf, tokenize, top
 
 TEXTS = ["functools.lru_cache memoizes a function: results of earlier calls are kept",
          "The sched module runs events at a given time",

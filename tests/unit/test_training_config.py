@@ -6,11 +6,11 @@ import pytest
 import yaml
 from ember.cluster.serve_models import deploy_config, with_extra_model
 from ember.config.loading import ConfigError, deep_merge, parse_set_overrides
-from ember.serving.rag_ingress import _parse_rag_model
+from ember.serving.rag.routes import _parse_rag_model
 from ember.training.config import SFTJobConfig
-from ember.training.engines import deepspeed_config
 from ember.training.job import load_job_config
 from ember.training.loop import total_steps
+from ember.training.strategies import deepspeed_config
 from ember.training.tracking import artifact_root_for, flatten
 
 JOBS = Path(__file__).resolve().parents[2] / "cluster" / "jobs"

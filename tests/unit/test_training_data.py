@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from ember.cli.main import main
 from ember.models.catalogue import DEFAULT_LLM, ModelNotAvailableError, resolve_model
-from ember.training.data import (
+from ember.training.sft_data import (
     IGNORE_INDEX,
     ISSUE_KINDS,
     DatasetError,
@@ -186,7 +186,7 @@ def test_split_keeps_one_of_each_on_tiny_sets():
 
 
 def test_split_ignores_hash_randomisation():
-    code = ("from ember.training.data import load_examples, split_examples;"
+    code = ("from ember.training.sft_data import load_examples, split_examples;"
             f"e, _ = load_examples({str(SAMPLE_CHAT)!r});"
             "print([x['line'] for x in split_examples(e, 0.1, seed=3)[1]])")
     outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

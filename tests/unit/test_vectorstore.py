@@ -1,7 +1,7 @@
 """Pure helpers of the vector store and the RAG prompt."""
 
 import pytest
-from ember.serving.prompt import INSTRUCTIONS, ContextTooLong, Source, fit_sources
+from ember.serving.rag.prompt import INSTRUCTIONS, ContextTooLong, Source, fit_sources
 from ember.vectorstore.milvus import chunk_id, clip_utf8
 
 

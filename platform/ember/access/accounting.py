@@ -33,7 +33,8 @@ import time
 import uuid
 from collections import deque
 
-from ember.access.quota import Windows, get_keeper, keeper_name
+from ember.access.limits import Windows
+from ember.access.metering import get_keeper, keeper_name
 
 logger = logging.getLogger("ember.access")
 
@@ -224,7 +225,7 @@ class KeeperLink:
     async def _replace_if_silent(self, handle) -> None:
         import ray
 
-        from ember.service_actors import actor_id
+        from ember.ray_internals import actor_id
 
         ident, now = actor_id(handle), time.time()
         if self._silent is None or self._silent[0] != ident:

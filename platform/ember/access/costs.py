@@ -1,6 +1,6 @@
 """Cost figures from what the cluster spent: `ember cost report` and `ember cost estimate`.
 
-The keeper (`quota.py`) writes `spend` rows: replicas x USD/hour x seconds per
+The keeper (`metering.py`) writes `spend` rows: replicas x USD/hour x seconds per
 sampling interval, split among keys by tokens. From those and the `usage` rows:
 
     cost            = sum of spend.usd over the period (idle intervals included)

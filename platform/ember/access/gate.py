@@ -1,8 +1,8 @@
 """The gate in front of every route: API key, limits, usage record.
 
 `AccessMiddleware` is a pure ASGI middleware (streams pass through untouched,
-no per-chunk buffering) added to the ingress's FastAPI app; the `AccessGate`
-it uses is built by the ingress replica from the app's `access:` config.
+no per-chunk buffering) in front of the engine replica's app; the `AccessGate`
+it is given is built by the replica's routes from the app's `access:` config.
 Per request, in order:
 1. body size from Content-Length (413; a chunked body is counted as it
    arrives and cut off at the limit);
@@ -12,12 +12,12 @@ Per request, in order:
    `QuotaKeeper` (429 with Retry-After; 402 for a spent budget) - only for
    keys that have such limits; while the keeper is away, from this replica's
    own view (`accounting.KeeperLink`), 503 only if a budget cannot be read;
-4. the route runs; the ingress checks the parsed body's model (403) and the
+4. the route runs; the routes check the parsed body's model (403) and the
    per-request ceilings (`n`, `max_tokens`, embeddings inputs: 400);
 5. afterwards one usage row (key, model, the LLM that served it, route,
    status, tokens, latency, time to first byte) goes to the replica's outbox,
    which delivers it to the keeper until acknowledged. A key with a budget
-   is refused (402) once the keeper has charged it that much (`quota.py`:
+   is refused (402) once the keeper has charged it that much (`metering.py`:
    measured replica cost split by tokens).
 `/health` is open (load balancers and Serve health checks carry no key).
 """
@@ -33,26 +33,21 @@ from starlette.responses import JSONResponse
 
 from ember.access.config import AccessConfig
 from ember.access.keys import KEY_PREFIX, ApiKey, KeyLookup
+from ember.access.request_state import (
+    served_model_of,
+    set_key,
+    state_of,
+    strips_usage,
+)
 from ember.access.telemetry import observe
-from ember.serving.errors import openai_error
+from ember.openai_errors import openai_error
 
 logger = logging.getLogger("ember.access")
 OPEN_PATHS = frozenset({"/health"})
 # On every response: "<keeper> <row id> <key id or -> <served model or ->", for the
 # Serve proxy's stream guard, which writes the row itself if this replica dies before
-# it could (`stream_guard.record_broken`), and strips the header from the response.
+# it could (`proxy_guard.record_broken`), and strips the header from the response.
 USAGE_HEADER = b"x-ember-usage"
-_gate_of_replica: AccessGate | None = None
-
-
-def install_gate(gate: AccessGate) -> None:
-    """The replica's gate: one ingress per replica process, built in its constructor."""
-    global _gate_of_replica
-    _gate_of_replica = gate
-
-
-def current_gate() -> AccessGate | None:
-    return _gate_of_replica
 
 
 class AccessGate:
@@ -149,7 +144,7 @@ class AccessGate:
 
     # --- after the route -----------------------------------------------------
     def record(self, key: ApiKey | None, route: str, meter: UsageMeter, started: float) -> None:
-        served = meter.state.get("ember_served_model") if meter.state else None
+        served = served_model_of(meter.scope) if meter.scope is not None else None
         row = {"row_id": meter.row_id, "ts": time.time(), "key_id": key.id if key else None,
                "model": meter.model,
                "served_model": served or meter.model, "route": route, "status": meter.status or 500,
@@ -179,7 +174,7 @@ class UsageMeter:
     """Watches a response go out: status, time to first byte, model and token usage.
 
     JSON bodies are parsed once at their end; in an SSE stream only events that
-    mention "usage" are parsed. With `strip_usage` (the ingress asked the engine
+    mention "usage" are parsed. With `strip_usage` (the routes asked the engine
     for a usage event the client did not ask for) that event is not sent on.
     """
 
@@ -191,12 +186,13 @@ class UsageMeter:
         self.model: str | None = None
         self.prompt_tokens = self.completion_tokens = 0
         self.strip_usage = False
-        self.state: dict | None = None  # the request's scope state, set by the route
+        self.scope: dict | None = None  # the request's scope (its state: `request_state`)
         self._sse = False
         self._json = bytearray()
 
     def wrap(self, send, scope):
-        self.state = scope.setdefault("state", {})
+        self.scope = scope
+        state_of(scope)  # one state dict, shared by the copies of the scope the app makes
 
         async def metered(message) -> None:
             if message["type"] == "http.response.start":
@@ -204,14 +200,14 @@ class UsageMeter:
                 headers = dict(message.get("headers") or [])
                 self._sse = headers.get(b"content-type", b"").startswith(b"text/event-stream")
                 if self.tag:
-                    served = self.state.get("ember_served_model") or "-"
+                    served = served_model_of(self.scope) or "-"
                     message = {**message, "headers": [*(message.get("headers") or []), (
                         USAGE_HEADER, f"{self.tag} {served}".encode())]}
             elif message["type"] == "http.response.body":
                 body = message.get("body", b"")
                 if body and self.first_byte is None:
                     self.first_byte = time.perf_counter()
-                self.strip_usage = bool(self.state.get("ember_strip_usage"))
+                self.strip_usage = strips_usage(self.scope)
                 if self._sse:
                     message = {**message, "body": self._see_events(body)}
                 elif len(self._json) < 4_000_000:
@@ -256,12 +252,14 @@ class UsageMeter:
 
 
 class AccessMiddleware:
-    def __init__(self, app) -> None:
-        self.app = app
+    """`gate` in front of `app`: every route but /health (see the module doc)."""
+
+    def __init__(self, app, gate: AccessGate) -> None:
+        self.app, self.gate = app, gate
 
     async def __call__(self, scope, receive, send) -> None:
-        gate = current_gate()
-        if scope["type"] != "http" or gate is None or scope["path"] in OPEN_PATHS:
+        gate = self.gate
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -279,7 +277,7 @@ class AccessMiddleware:
             if rejection is not None:
                 await rejection(scope, receive, meter.wrap(send, scope))
             else:
-                scope.setdefault("state", {})["ember_key"] = key
+                set_key(scope, key)
                 await self._run(scope, receive, send, limit, meter)
         finally:  # a stream the client abandoned is recorded too (status as sent)
             gate.record(key, scope["path"], meter, started)

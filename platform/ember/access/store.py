@@ -2,7 +2,7 @@
 
 Design choices:
 - SQLAlchemy Core over any URL; the default is a SQLite file under
-  $EMBER_HOME (WAL mode, so ingress replicas read while the CLI writes).
+  $EMBER_HOME (WAL mode, so engine replicas read while the CLI writes).
 - Alembic owns the schema. `migrate(url)` brings a database to the newest
   revision (what `ember up` and `ember keys` do); `check_ready(url)` is what
   a service runs at start: a missing file, a database that is not Ember's, one

@@ -1,10 +1,11 @@
-"""Ember's request metrics through Ray's metrics agent, beside Ray's and vLLM's.
+"""Ember's metrics, all of them, through Ray's metrics agent, beside Ray's and vLLM's.
 
 `ray.util.metrics` objects are exported by every node's metrics agent (Ray
 prefixes them `ray_`), so Prometheus scraping Ray's targets gets them from
-every ingress replica at once, with no replica-by-replica `/metrics` scrape
-through the load balancer. Label values are bounded: route, model, key name,
-status class, refusal reason.
+every engine replica at once, with no replica-by-replica `/metrics` scrape
+through the load balancer; the Ray dashboard reads the same. Label values are
+bounded: route, model, key name, status class, refusal reason, RAG endpoint,
+collection.
 
     ray_ember_requests_total{route,model,key,status}
     ray_ember_tokens_total{model,key,kind}          kind: prompt | completion
@@ -17,6 +18,9 @@ status class, refusal reason.
     ray_ember_cost_usd_total{model,key}, ray_ember_replicas{model},
     ray_ember_cost_per_1k_requests_usd{model}, ray_ember_cost_per_1m_tokens_usd{model}
                                                     (the keeper's, every cost interval)
+    ray_ember_rag_requests_total{endpoint,status}   the RAG routes' answers (retrieve,
+                                                    generate, rag-generate, chat errors)
+    ray_ember_retrieval_seconds{collection}         embedding a query and searching
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from functools import cache
 
 LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
 ITL_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1]
+RETRIEVAL_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
 
 
 @cache
@@ -99,3 +104,26 @@ def service_metrics() -> dict:
         "dropped": Counter("ember_usage_rows_dropped", "usage rows dropped from a full outbox "
                            "(access.usage_buffer_rows): lost"),
     }
+
+
+@cache
+def rag_metrics() -> dict:
+    """The RAG routes' (`ember.serving.rag`): answers by endpoint, retrieval latency."""
+    from ray.util.metrics import Counter, Histogram
+
+    return {
+        "requests": Counter("ember_rag_requests", "requests answered by Ember's RAG "
+                            "endpoints, by endpoint and HTTP status",
+                            tag_keys=("endpoint", "status")),
+        "retrieval": Histogram("ember_retrieval_seconds", "time to embed a query and search "
+                               "the vector store", boundaries=RETRIEVAL_BUCKETS,
+                               tag_keys=("collection",)),
+    }
+
+
+def count_rag_request(endpoint: str, status: int | str) -> None:
+    rag_metrics()["requests"].inc(1, {"endpoint": endpoint, "status": str(status)})
+
+
+def observe_retrieval(collection: str, seconds: float) -> None:
+    rag_metrics()["retrieval"].observe(seconds, {"collection": collection})

@@ -148,7 +148,7 @@ def write_ordered(path: Path, entries: list[BatchLine], results: dict[str, dict]
 
 def resolve_batch_model(ref: str) -> str:
     if ref.startswith(("models:/", "runs:/")):
-        from ember.cluster.serve_models import fetch_model
+        from ember.models.fetch import fetch_model
 
         safe = "".join(c if c.isalnum() else "-" for c in ref)[-60:]
         return str(fetch_model(ref, f"batch-{safe}"))
@@ -219,17 +219,16 @@ class _Output:
 
 def _run_engine(config: BatchConfig, model_path: str, to_run: list[BatchLine], out: _Output,
                 progress) -> tuple[int, int, float]:
-    from ember.cluster.local import connect_ray
-    from ember.config.paths import new_run_folder
-    from ember.data.progress import quiet_ray_data, ray_logs_to
+    from ember.config.paths import new_run_log_folder
+    from ember.ray_session import connect_ray, quiet_ray_data, ray_logs_to
 
     by_line = {e.line: e for e in to_run}
-    log = new_run_folder("batch") / "ray.log"  # ray_logs_to creates the folder
+    log = new_run_log_folder("batch") / "ray.log"  # ray_logs_to creates the folder
     progress(f"Ray's logs for this run: {log}")
     with ray_logs_to(log):
         import ray
 
-        from ember.batch.engine import batch_processor, engine_rows  # vLLM logs on import
+        from ember.batch.processor import batch_processor, engine_rows  # vLLM logs on import
 
         connect_ray(log_to_driver=False)
         quiet_ray_data()

@@ -17,7 +17,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
+from ember.openai_errors import error_body
+
+BATCH_URLS = ("/v1/chat/completions", "/v1/completions")  # what a batch line may POST to
 # Sampling options the engine stage passes on; anything else in a body is refused by name
 # rather than silently ignored.
 SAMPLING_KEYS = ("max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed",
@@ -75,8 +77,8 @@ def parse_line(number: int, text: str, model: str) -> BatchLine:
 def _check_request(data: dict, model: str) -> LineError | None:
     if data.get("method", "POST") != "POST":
         return LineError(400, f"'method' must be POST, got {data.get('method')!r}", "method")
-    if data.get("url") not in ENDPOINTS:
-        return LineError(400, f"'url' must be one of {', '.join(ENDPOINTS)}, got "
+    if data.get("url") not in BATCH_URLS:
+        return LineError(400, f"'url' must be one of {', '.join(BATCH_URLS)}, got "
                               f"{data.get('url')!r}", "url")
     body = data.get("body")
     if not isinstance(body, dict):
@@ -175,9 +177,8 @@ def error_result(entry: BatchLine) -> dict:
     if entry.custom_id is None:  # nothing to answer to: the line itself is broken
         return {"id": record_id, "custom_id": None, "line": entry.line, "response": None,
                 "error": {"code": error.code, "message": error.message}}
-    body = {"error": {"message": error.message, "type": "invalid_request_error"
-                      if error.status_code < 500 else "server_error",
-                      "param": error.param, "code": error.code}}
+    body = error_body(error.message, "invalid_request_error" if error.status_code < 500
+                      else "server_error", error.param, error.code)
     return {"id": record_id, "custom_id": entry.custom_id,
             "response": {"status_code": error.status_code, "request_id": request_id,
                          "body": body}, "error": None}

@@ -38,7 +38,7 @@ def make_corpus(folder: Path, files: int, paragraphs: int, seed: int = 7) -> Non
 
 def embedded_texts(files: list[Path], config, limit: int) -> list[str]:
     """What the pipeline embedded for the first `limit` chunks of `files`."""
-    from ember.data.stages import embed_text, read_and_chunk
+    from ember.ingest.stages import embed_text, read_and_chunk
     from ember.models.catalogue import resolve_model
 
     tokenizer = resolve_model(config.embedder)
@@ -68,7 +68,7 @@ def bare_pipeline_encoder_rate(texts: list[str], embedder: str, batch_size: int,
     Against the pipeline's rate it shows what Ray Data and the writes cost."""
     import os
 
-    from ember.data.stages import EmbedBatch
+    from ember.ingest.stages import EmbedBatch
 
     actor = EmbedBatch(embedder, batch_size, threads=os.cpu_count() or 1, backend=backend)
     return actor.backend, _rate(lambda batch: actor.encoder.encode(batch, batch_size), texts)

@@ -125,8 +125,8 @@ def run_ingest_bench(args) -> int:
     from pathlib import Path
 
     from ember.bench import ingest_bench as b
-    from ember.data.config import IngestConfig
-    from ember.data.pipeline import run_ingest
+    from ember.ingest.config import IngestConfig
+    from ember.ingest.pipeline import run_ingest
     from ember.models.embedder import embed, load_embedder
     from ember.vectorstore.lite_server import shared_uri
     from ember.vectorstore.milvus import MilvusStore

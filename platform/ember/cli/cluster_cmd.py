@@ -28,14 +28,14 @@ def register(commands) -> None:
 
 def run_up(args) -> int:
     from ember.cluster import local
-    from ember.cluster.serve_config import (
+    from ember.cluster.serve_status import wait_until_running
+    from ember.cluster.serve_yaml import (
         app_names,
         cpus_needed,
         default_serve_config,
         http_endpoint,
         load_serve_config,
     )
-    from ember.cluster.serve_status import wait_until_running
 
     start = time.monotonic()
     config_path = args.config or default_serve_config()
@@ -79,9 +79,9 @@ def _ensure_keys(config: dict) -> None:
 def _write_effective_config(config: dict) -> Path:
     import yaml
 
-    from ember.config.paths import run_dir
+    from ember.config.paths import cluster_state_dir
 
-    path = run_dir() / "serve-effective.yaml"
+    path = cluster_state_dir() / "serve-effective.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

@@ -30,7 +30,7 @@ def register(commands) -> None:
 
 
 def run_validate(args) -> int:
-    from ember.training.data import load_examples
+    from ember.training.sft_data import load_examples
 
     examples, report = load_examples(args.file, format=args.format,
                                      max_turn_chars=args.max_turn_chars)
@@ -48,7 +48,7 @@ def token_summary(examples: list[dict], model: str, max_seq_len: int) -> str:
     from transformers import AutoTokenizer
 
     from ember.models.catalogue import resolve_model
-    from ember.training.data import IGNORE_INDEX, tokenize_example
+    from ember.training.sft_data import IGNORE_INDEX, tokenize_example
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
     lengths, no_assistant = [], 0

@@ -1,7 +1,7 @@
 """`ember ingest PATH... --collection NAME`: ingest documents into Milvus.
 
 Runs on the local Ray cluster (started for the run if none is up), or, with
-`--address`, is submitted as a Ray job (`python -m ember.data.job`) to a
+`--address`, is submitted as a Ray job (`python -m ember.ingest.job`) to a
 remote cluster, which then needs Ember installed or the repo as working_dir.
 """
 
@@ -23,7 +23,7 @@ def register(commands) -> None:
 
 
 def run(args) -> int:
-    from ember.data.job import load_ingest_config
+    from ember.ingest.job import load_ingest_config
 
     overrides = {"paths": args.paths, "collection": args.collection, "embedder": args.embedder,
                  "milvus_uri": args.milvus_uri, "chunk_tokens": args.chunk_tokens,
@@ -31,7 +31,7 @@ def run(args) -> int:
     config = load_ingest_config(args.config, {k: v for k, v in overrides.items() if v})
     if args.address:
         return _submit(args.address, config)
-    from ember.data.pipeline import run_ingest
+    from ember.ingest.pipeline import run_ingest
 
     report = run_ingest(config)
     print(report.format())
@@ -49,6 +49,6 @@ def _submit(address: str, config) -> int:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=".", delete=False) as f:
         yaml.safe_dump(config.model_dump(exclude_none=True), f)
     try:
-        return submit_module_job(address, ["ember.data.job", "--config", Path(f.name).name])
+        return submit_module_job(address, ["ember.ingest.job", "--config", Path(f.name).name])
     finally:
         Path(f.name).unlink()

@@ -11,7 +11,7 @@ CLIENT_ENV = {"RAY_AUTH_MODE": "token", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_
 # What a Ray node serving Ember needs from the start (`ray start` reads it once;
 # the cluster files set the same for `ray up` and KubeRay):
 # - Serve's proxy loads Ember's stream guard: a stream whose replica died ends
-#   with an error event, not silently (ember.serving.stream_guard);
+#   with an error event, not silently (ember.serving.proxy_guard);
 # - workers at the raylet's priority: Ray starts them at nice 15, so on a small
 #   machine the engine lost CPU to Ray's own daemons and to the clients it serves
 #   (docs/architecture.md: "Serving hot path");
@@ -24,7 +24,7 @@ CLIENT_ENV = {"RAY_AUTH_MODE": "token", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_
 #   instead of one Ray object per ASGI message.
 NODE_ENV = {
     "RAY_process_group_cleanup_enabled": "true",
-    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "ember.serving.stream_guard:proxy_middlewares",
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "ember.serving.proxy_guard:proxy_middlewares",
     "RAY_worker_niceness": "0",
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",

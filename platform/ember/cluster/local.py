@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from ember.cluster.environment import CLIENT_ENV, NODE_ENV
-from ember.config.paths import run_dir
+from ember.config.paths import cluster_state_dir
 from ember.errors import ClusterError
 
 DASHBOARD_PORT = 8265
@@ -127,23 +127,6 @@ def ensure_auth_token(progress=print) -> None:
              f"(`ray get-auth-token --generate`); Ember's commands send it")
 
 
-def connect_ray(log_to_driver: bool = True) -> None:
-    """Join the running cluster (`ember up`, RAY_ADDRESS), or start a local one.
-
-    A local one gets at least 4 logical CPUs: an ingestion's read tasks,
-    embedding actor and writes, or a training job's workers and driver tasks,
-    must be schedulable at once on a 2-core machine.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    try:
-        ray.init(address="auto", log_to_driver=log_to_driver)
-    except ConnectionError:
-        ray.init(log_to_driver=log_to_driver, num_cpus=max(4, os.cpu_count() or 1))
-
-
 def submit_module_job(address: str, module_args: list[str]) -> int:
     """`ray job submit` of `python -m <module_args>` with this checkout as working dir.
 
@@ -185,7 +168,7 @@ def serve_shutdown(dashboard_url: str) -> None:
 
 
 def _state_file() -> Path:
-    return run_dir() / "cluster.json"
+    return cluster_state_dir() / "cluster.json"
 
 
 def _write_state(state: dict) -> None:

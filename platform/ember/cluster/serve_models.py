@@ -12,62 +12,22 @@ replaced by a rolling update: with one replica per deployment, as on the local
 CPU cluster, requests wait while the engines restart (about two minutes here).
 
 MLflow URIs (`models:/NAME/VERSION`, `runs:/ID/model`) are downloaded into
-`$EMBER_HOME/models/served/NAME`; on a multi-node cluster EMBER_HOME must be on
-storage every node sees (as for the training job's outputs).
+`$EMBER_HOME/models/served/NAME` (`ember.models.fetch`); on a multi-node cluster
+EMBER_HOME must be on storage every node sees (as for the training job's outputs).
 """
 
 from __future__ import annotations
 
 import copy
-import shutil
 from pathlib import Path
 
-from ember.config.paths import models_dir
-from ember.errors import ClusterError, EmberError
+from ember.errors import ClusterError
+from ember.models.fetch import fetch_model
 
 # What a new model inherits from the app's first model: it runs on the same kind of replica.
 INHERITED_KEYS = ("engine", "autoscaling", "placement", "accelerator_type",
                   "max_ongoing_requests", "env", "stream_batching_interval_ms",
                   "cpu_worker_niceness")
-
-
-def fetch_model(source: str, name: str, tracking_uri: str | None = None) -> Path:
-    """A local model folder for `source`: an MLflow model URI or a folder."""
-    if source.startswith(("models:/", "runs:/")):
-        return _download(source, name, tracking_uri)
-    folder = Path(source).expanduser().resolve()
-    _check_model_folder(folder, source)
-    return folder
-
-
-def _download(uri: str, name: str, tracking_uri: str | None) -> Path:
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from ember.training.tracking import default_tracking_uri
-
-    tracking_uri = tracking_uri or default_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    target = models_dir() / "served" / name
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
-    except MlflowException as exc:
-        raise EmberError(f"cannot fetch {uri} from MLflow at {tracking_uri}: {exc.message}") \
-            from exc
-    _check_model_folder(local, uri)
-    return local
-
-
-def _check_model_folder(folder: Path, source: str) -> None:
-    if (folder / "adapter_config.json").is_file():
-        raise EmberError(f"{source} is a LoRA adapter alone; serve a merged model (the job's "
-                         f"default, `method.export: merged`)")
-    if not (folder / "config.json").is_file():
-        raise EmberError(f"{source}: {folder} is not a model folder (no config.json)")
 
 
 def with_extra_model(app: dict, name: str, folder: str | Path) -> dict:
@@ -115,8 +75,8 @@ def add_model(dashboard_url: str, source: str, name: str, app_name: str = "ember
               tracking_uri: str | None = None, progress=print) -> Path:
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-    from ember.cluster.serve_config import validate_app_args
     from ember.cluster.serve_status import serve_details
+    from ember.cluster.serve_yaml import validate_app_args
 
     folder = fetch_model(source, name, tracking_uri)
     progress(f"model {source} -> {folder}")

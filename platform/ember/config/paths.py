@@ -22,19 +22,27 @@ def data_dir() -> Path:
     return ember_home() / "data"
 
 
-def run_dir() -> Path:
-    """State of the local cluster started by `ember up` (ports, logs)."""
+def default_tracking_uri() -> str:
+    """MLflow's store when a job names none: SQLite in Ember's home (artefacts beside it)."""
+    folder = ember_home() / "mlflow"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def cluster_state_dir() -> Path:
+    """What `ember up` keeps about the local cluster it started (cluster.json, the Serve
+    config it deployed with `--port`)."""
     return ember_home() / "run"
 
 
-def runs_dir() -> Path:
-    """One folder per run of a job (ingestion, ...): its logs."""
+def run_logs_dir() -> Path:
+    """One folder per run of a job (an ingestion, a batch): its logs."""
     return ember_home() / "runs"
 
 
-def new_run_folder(name: str) -> Path:
-    """`runs_dir()/<name>-<time>-<pid>`, for one run's logs (created by whoever writes)."""
+def new_run_log_folder(name: str) -> Path:
+    """`run_logs_dir()/<name>-<time>-<pid>`, for one run's logs (created by whoever writes)."""
     import os
     import time
 
-    return runs_dir() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    return run_logs_dir() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"

@@ -76,23 +76,36 @@ class OnnxEncoder:
     @classmethod
     def verified(cls, ref: str, threads: int, spin: bool = False) -> OnnxEncoder | None:
         """The cached export of `ref`, if `FastEncoder` checked it against
-        sentence-transformers and it still gives the saved probe vectors; else None."""
+        sentence-transformers and it still gives the saved probe vectors.
+
+        None, with a log line saying why, when a file it reads is missing or unreadable or
+        the vectors no longer match: `FastEncoder` then exports and checks afresh. Anything
+        else (an unknown model, a bug here) raises."""
         from ember.models.catalogue import resolve_model
 
+        folder = Path(resolve_model(ref))
+        path = onnx_path(folder)
+        probe = probe_path(path)
+        needed = (path, probe, folder / "tokenizer.json", folder / "sentence_bert_config.json")
+        if missing := [str(file) for file in needed if not file.is_file()]:
+            logger.info("encoder: no checked ONNX export of %s: missing %s", ref,
+                        ", ".join(missing))
+            return None
+        max_length = _max_seq_length(folder)
         try:
-            folder = Path(resolve_model(ref))
-            path, expected = onnx_path(folder), None
-            probe = probe_path(path)
-            if path.is_file() and probe.is_file():
-                expected = np.load(probe)
-                encoder = cls(path, folder, _max_seq_length(folder), expected.shape[1],
-                              threads, spin)
-                if float(abs(encoder.encode(BATCH_PROBE, 2) - expected).max()) < TOLERANCE:
-                    return encoder
-                logger.info("encoder: the cached ONNX export of %s no longer matches", ref)
-        except Exception as exc:  # noqa: BLE001 - FastEncoder builds it afresh
-            logger.info("encoder: no verified ONNX export of %s (%s)", ref, exc)
-        return None
+            expected = _load_probe(probe)
+            encoder = cls(path, folder, max_length, expected.shape[1], threads, spin)
+            got = encoder.encode(BATCH_PROBE, 2)
+        except _unreadable_errors() as exc:
+            logger.info("encoder: the cached ONNX export of %s (%s) or its probe cannot be "
+                        "read: %s: %s", ref, path, type(exc).__name__, exc)
+            return None
+        diff = float(abs(got - expected).max())
+        if diff >= TOLERANCE:
+            logger.info("encoder: the cached ONNX export of %s no longer matches its probe "
+                        "vectors (max difference %.2g)", ref, diff)
+            return None
+        return encoder
 
     def __call__(self, query: str) -> np.ndarray:
         return self.vectors([query])[0]
@@ -141,6 +154,24 @@ def onnx_path(folder: Path) -> Path:
 
 def probe_path(path: Path) -> Path:
     return path.with_suffix(".probe.npy")
+
+
+def _load_probe(probe: Path) -> np.ndarray:
+    vectors = np.load(probe)
+    if vectors.ndim != 2 or len(vectors) != len(BATCH_PROBE):
+        raise ValueError(f"{probe} holds an array of shape {vectors.shape}, not one vector "
+                         f"per text of the batch probe ({len(BATCH_PROBE)})")
+    return vectors
+
+
+def _unreadable_errors() -> tuple[type[Exception], ...]:
+    """What a damaged or stale cache file raises: the file system; numpy's reader (and its
+    broadcast, for an export whose vectors are not the probe's size); ONNX Runtime's
+    loader and input checks (its exception types live in its compiled module)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    return (OSError, EOFError, ValueError, ort_errors.Fail, ort_errors.InvalidArgument,
+            ort_errors.InvalidGraph, ort_errors.InvalidProtobuf, ort_errors.NoSuchFile)
 
 
 class FastEncoder:

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ember.checksums import sha256_file
-from ember.models.catalogue import CatalogueEntry
+from ember.models.entries import CatalogueEntry
 
 MANIFEST = "ember-manifest.json"
 Progress = Callable[[str], None]

@@ -1,7 +1,7 @@
 """Ember's Grafana dashboard, generated with grafana-foundation-sdk (Grafana's own builders).
 
 `PANELS` is the single list of what the dashboard shows; the committed JSON
-(`cluster/monitoring/grafana-dashboard.json`) is its output (a test keeps them
+(`platform/ember/monitoring/grafana-dashboard.json`) is its output (a test keeps them
 equal), and the monitoring integration test runs every query of every panel
 against a real Prometheus. Metric names are as Prometheus sees them through
 Ray's metrics agent: Ember's and vLLM's get Ray's `ray_` prefix.
@@ -69,6 +69,13 @@ PANELS = (
         ("max by (model) (ray_ember_cost_per_1m_tokens_usd)", "per 1M tokens {{model}}"))),
     PanelSpec("Cost trend: USD per day", "currencyUSD", (
         ("sum by (model) (increase(ray_ember_cost_usd_total[1d]))", "{{model}}"),)),
+    PanelSpec("RAG answers/s by endpoint and status", "reqps", (
+        (f"sum by (endpoint, status) (rate(ray_ember_rag_requests_total[{RATE}]))",
+         "{{endpoint}} {{status}}"),)),
+    PanelSpec("Retrieval latency (embed the query, search)", "s", tuple(
+        (f"histogram_quantile({q}, sum by (le, collection) "
+         f"(rate(ray_ember_retrieval_seconds_bucket[{WINDOW}])))",
+         f"p{int(q * 100)} {{{{collection}}}}") for q in (0.5, 0.95, 0.99))),
 )
 
 

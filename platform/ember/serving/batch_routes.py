@@ -1,4 +1,4 @@
-"""The Batch API routes of the ingress: /v1/files, /v1/batches, and the synchronous /v1/batch.
+"""The Batch API routes: /v1/files, /v1/batches, and the synchronous /v1/batch.
 
 The asynchronous routes hand the work to `ember.batch.service` (a separate vLLM
 engine on Ray Data LLM, state in the access database). `/v1/batch` is for small
@@ -16,8 +16,9 @@ import uuid
 from fastapi import Request
 from starlette.responses import JSONResponse, Response
 
+from ember.access.request_state import key_of
 from ember.batch.config import BatchServiceConfig
-from ember.batch.requests import ENDPOINTS as BATCH_URLS
+from ember.batch.requests import BATCH_URLS
 from ember.batch.service import (
     UNFINISHED,
     BatchApiError,
@@ -29,7 +30,7 @@ from ember.batch.service import (
     results_path,
     runner_name,
 )
-from ember.serving.errors import openai_error
+from ember.openai_errors import error_body, openai_error
 
 BATCH_ROUTES = {
     "files_create": lambda app: app.post("/v1/files"),
@@ -45,13 +46,13 @@ BATCH_ROUTES = {
 
 def _owner(request: Request) -> int | None:
     """The key a new file or batch belongs to (None with auth off)."""
-    key = getattr(request.state, "ember_key", None)
+    key = key_of(request.scope)
     return None if key is None else key.id
 
 
 def _key_id(request: Request) -> int | None:
     """Whose files and batches a request may see: its key's; admins and auth-off: all."""
-    key = getattr(request.state, "ember_key", None)
+    key = key_of(request.scope)
     return None if key is None or getattr(key, "admin", False) else key.id
 
 
@@ -60,7 +61,7 @@ def _error(exc: BatchApiError) -> Response:
 
 
 class BatchRoutes:
-    """Mixed into the ingress; `_init_batches` is called from its __init__."""
+    """Mixed into `OpenAIRoutes`; `_init_batches` is called from its __init__."""
 
     def _init_batches(self, batch: dict | None, database_url: str) -> None:
         batch = batch or {}
@@ -335,8 +336,7 @@ async def _json_body(request: Request) -> dict:
 
 
 def _error_body(message: str) -> dict:
-    return {"error": {"message": message, "type": "invalid_request_error", "param": None,
-                      "code": None}}
+    return error_body(message, "invalid_request_error")
 
 
 def _sync_result(custom_id: str, status: int, body: dict) -> dict:

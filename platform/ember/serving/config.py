@@ -121,7 +121,7 @@ class ModelDeploymentConfig(_Strict):
 
 
 class LLMAppConfig(_Strict):
-    """The whole OpenAI-compatible application: models plus the ingress."""
+    """The whole OpenAI-compatible application: models plus Ember's routes and gate."""
 
     models: list[ModelDeploymentConfig] = Field(
         default_factory=lambda: [ModelDeploymentConfig()], min_length=1,

@@ -1,7 +1,8 @@
 """Build the OpenAI-compatible Serve application from Ember's typed config.
 
 Ember's `LLMAppConfig` -> one `ray.serve.llm.LLMConfig` per model ->
-`build_openai_app` with Ember's ingress subclass. Model sources are resolved
+the first model's engine deployment as the app's ingress, serving Ember's
+routes (`build_ingress_app`). Model sources are resolved
 here (catalogue names are prepared on first use), so a bad model reference
 fails at deploy time with a message, not inside a replica's traceback.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ember.deployment_names import LLM_DEPLOYMENT_PREFIX
 from ember.serving.config import LLMAppConfig, ModelDeploymentConfig
 
 
@@ -70,8 +72,8 @@ def build_serving_args(config: LLMAppConfig, resolve: bool = True) -> dict[str, 
 
 
 def build_llm_app(config: LLMAppConfig):
-    return build_ingress_app(config, "ember.serving.ingress:EmberIngress",
-                             "ember.serving.ingress:ENDPOINTS")
+    return build_ingress_app(config, "ember.serving.openai_routes:OpenAIRoutes",
+                             "ember.serving.openai_routes:ROUTES")
 
 
 def batch_models(config: LLMAppConfig, llm_configs: list) -> dict:
@@ -81,38 +83,39 @@ def batch_models(config: LLMAppConfig, llm_configs: list) -> dict:
             for m, c in zip(config.models, llm_configs, strict=True)}
 
 
-def build_ingress_app(config: LLMAppConfig, ingress_cls: str, endpoint_map: str,
-                      **ingress_kwargs):
-    """The first model's engine deployment as the app's ingress (`engine_server`).
+def build_ingress_app(config: LLMAppConfig, routes_cls: str, route_map: str,
+                      **routes_kwargs):
+    """The first model's engine deployment as the app's ingress (`engine_replica`).
 
     Its replicas answer HTTP themselves: Ember's routes and the access gate run
     in each of them, its own model's tokens go straight from vLLM's server code
     to the Serve proxy. Other models are plain `LLMServer` deployments reached
-    through Serve handles. Deployment names stay `LLMServer:<model>` (the cost
-    sampler and `ember status` read them).
+    through Serve handles. Deployment names stay `LLMServer:<model>`
+    (`LLM_DEPLOYMENT_PREFIX`: the cost sampler and `ember status` read them).
     """
     from ray import serve
     from ray.serve.llm import build_llm_deployment
 
     from ember.ray_internals import to_model_metadata
-    from ember.serving.engine_server import EmberServer, EngineServer
+    from ember.serving.engine_replica import EmberServer, EngineServer
 
     first, *others = [build_llm_config(m) for m in config.models]
     niceness = {m.name: m.cpu_worker_niceness for m in config.models}
-    ingress_kwargs = {
+    routes_kwargs = {
         "access": config.access.model_dump(),
         "batch": {"settings": config.batch.model_dump(),
                   "models": batch_models(config, [first, *others])},
         "prices": {m.name: m.usd_per_hour for m in config.models if m.usd_per_hour is not None},
-        "lora_paths": {}, **ingress_kwargs}
+        "lora_paths": {}, **routes_kwargs}
+    name_prefix = f"{LLM_DEPLOYMENT_PREFIX}:"
     return build_llm_deployment(
-        first, name_prefix="LLMServer:", deployment_cls=serve.ingress()(EmberServer),
+        first, name_prefix=name_prefix, deployment_cls=serve.ingress()(EmberServer),
         bind_kwargs={
-            "ingress_cls": ingress_cls, "endpoint_map": endpoint_map,
+            "routes_cls": routes_cls, "route_map": route_map,
             "other_models": {c.model_id: build_llm_deployment(
-                c, name_prefix="LLMServer:", deployment_cls=EngineServer,
+                c, name_prefix=name_prefix, deployment_cls=EngineServer,
                 bind_kwargs={"cpu_worker_niceness": niceness[c.model_id]}) for c in others},
             "model_cards": {c.model_id: to_model_metadata(c.model_id, c)
                             for c in [first, *others]},
-            "ingress_kwargs": ingress_kwargs,
+            "routes_kwargs": routes_kwargs,
             "cpu_worker_niceness": niceness[first.model_id]})

@@ -63,12 +63,12 @@ def run_sft(config: SFTJobConfig, callbacks: list | None = None,
 
     prepared = None
     if config.data.synthetic is None:
-        from ember.training.datasets import prepare_data
+        from ember.training.prepared_data import prepare_data
 
         prepared = prepare_data(config, load_tokenizer(config))
         print(f"[ember.train] dataset {config.data.path}: {len(prepared.train)} train, "
               f"{len(prepared.val)} validation examples\n{prepared.report_text}", flush=True)
-    from ember.cluster.local import connect_ray
+    from ember.ray_session import connect_ray
 
     connect_ray()
     tracker = _start_tracking(config, prepared, run_tags or {})

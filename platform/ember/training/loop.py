@@ -1,7 +1,7 @@
 """The training loop each Ray Train worker runs (`train_loop_per_worker`).
 
 Design choices:
-- One loop for every method; `ember.training.engines` hides FSDP2/DDP/DeepSpeed.
+- One loop for every method; `ember.training.strategies` hides FSDP2/DDP/DeepSpeed.
 - Steps are optimizer steps. The data position is derived from the step, so a
   resumed run continues with the batch after the checkpoint's last one.
 - Every rank calls `ray.train.report` at the same steps (it is a barrier):
@@ -42,8 +42,8 @@ class Worker:
         import ray.train.torch
         import torch
 
-        from ember.training.engines import build_engine
         from ember.training.modeling import load_tokenizer
+        from ember.training.strategies import build_strategy
 
         self.config = config
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
@@ -54,8 +54,8 @@ class Worker:
         self.train_loader = self._loader(train, shuffle=True)
         self.val_loader = self._loader(val, shuffle=False) if val else None
         self.total_steps = total_steps(config, len(self.train_loader))
-        self.engine = build_engine(config, self.device, self.total_steps, self.rank,
-                                   self.world)
+        self.strategy = build_strategy(config, self.device, self.total_steps, self.rank,
+                                       self.world)
         self.tracker = None
         if self.rank == 0 and loop_config.get("mlflow"):
             from ember.training.tracking import WorkerTracker
@@ -69,8 +69,8 @@ class Worker:
         import ray
 
         if self.config.data.synthetic is not None:
-            from ember.training.datasets import synthetic_data
             from ember.training.modeling import model_path
+            from ember.training.prepared_data import synthetic_data
 
             vocab = self.config.model.config_overrides.get("vocab_size")
             if vocab is None:
@@ -86,7 +86,7 @@ class Worker:
 
         from torch.utils.data import DataLoader, DistributedSampler
 
-        from ember.training.data import collate
+        from ember.training.sft_data import collate
 
         sampler = DistributedSampler(rows, num_replicas=self.world, rank=self.rank,
                                      shuffle=shuffle, seed=self.config.data.seed)
@@ -108,7 +108,7 @@ class Worker:
             if self.val_loader is not None:
                 self.state.update({f"base_{k}": v for k, v in self.evaluate().items()})
                 self._log({k: v for k, v in self.state.items() if k.startswith("base_")})
-        self.engine.train(True)
+        self.strategy.train(True)
         self.batches = self._batches()
         while self.state["step"] < self.total_steps:
             self._train_until_next_report()
@@ -117,7 +117,7 @@ class Worker:
     def _announce(self) -> None:
         from ember.training.modeling import count_parameters
 
-        trainable, total = count_parameters(self.engine.inner)
+        trainable, total = count_parameters(self.strategy.inner)
         self._print(f"training {self.config.name}: method {self.config.method.name}, "
                     f"{self.world} worker(s) on {self.device}, {self.total_steps} steps, "
                     f"{len(self.train_loader)} batches/epoch/worker, trainable "
@@ -125,7 +125,7 @@ class Worker:
         self._log({"trainable_params": trainable, "total_params": total})
 
     def _resume(self, folder: Path) -> None:
-        self.engine.load_state(folder)
+        self.strategy.load_state(folder)
         self.state = json.loads((folder / STATE_FILE).read_text())
         self.state["resumed_from_step"] = self.state["step"]
         self._print(f"resumed from the checkpoint at step {self.state['step']}")
@@ -154,11 +154,11 @@ class Worker:
                 batch = next(batches)
                 tokens += int(batch["attention_mask"].sum())  # on the CPU: no GPU sync
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                loss = self.engine.loss(batch)
-                self.engine.backward(loss)
-                self.engine.micro_step()
+                loss = self.strategy.loss(batch)
+                self.strategy.backward(loss)
+                self.strategy.micro_step()
                 loss_sum += loss.detach()
-            grad_norm = self.engine.step()
+            grad_norm = self.strategy.step()
             self._sync()
             self.step_times.append(time.perf_counter() - step_start)
             self.state["step"] += 1
@@ -166,7 +166,7 @@ class Worker:
             step = self.state["step"]
             if step % train.log_every == 0 or step == self.total_steps:
                 metrics = self._window_metrics(loss_sum, tokens, window_start, window_steps)
-                metrics.update(grad_norm=grad_norm, lr=self.engine.lr)
+                metrics.update(grad_norm=grad_norm, lr=self.strategy.lr)
                 if step == self.total_steps:
                     metrics["median_step_time_s"] = self._median_step_time()
                 self._progress(metrics)
@@ -210,7 +210,7 @@ class Worker:
         step = self.state["step"]
         if self._eval_due(step):
             evaluation = self.evaluate()
-            self.engine.train(True)
+            self.strategy.train(True)
             self.state.update({f"last_{k}": v for k, v in evaluation.items()})
             metrics.update(evaluation)
             self._print(f"step {step}/{self.total_steps} validation loss "
@@ -224,9 +224,9 @@ class Worker:
         with tempfile.TemporaryDirectory(prefix="ember-ckpt-") as tmp:
             folder = Path(tmp)
             if with_checkpoint == "full":
-                self.engine.save_state(folder)
+                self.strategy.save_state(folder)
                 if step == self.total_steps:
-                    self.engine.export(folder / "export", self.tokenizer)
+                    self.strategy.export(folder / "export", self.tokenizer)
             if self.rank == 0:
                 (folder / STATE_FILE).write_text(json.dumps(self.state, indent=1))
             checkpoint = ray.train.Checkpoint.from_directory(tmp) if any(folder.iterdir()) \
@@ -238,14 +238,14 @@ class Worker:
         import torch
         import torch.distributed as dist
 
-        self.engine.train(False)
+        self.strategy.train(False)
         totals = torch.zeros(2, device=self.device)
         limit = self.config.train.eval_batches
         with torch.no_grad():
             for batch in itertools.islice(self.val_loader, limit):
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 n = (batch["labels"][:, 1:] != -100).sum()
-                totals += torch.stack([self.engine.loss(batch).float() * n, n.float()])
+                totals += torch.stack([self.strategy.loss(batch).float() * n, n.float()])
         dist.all_reduce(totals)
         loss = (totals[0] / totals[1].clamp(min=1)).item()
         return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50))}

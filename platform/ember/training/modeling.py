@@ -10,7 +10,7 @@
 - `qlora`: the base loaded 4-bit by bitsandbytes (NF4, double quantisation, bf16
   compute), `prepare_model_for_kbit_training`, then LoRA; one worker.
 - `deepspeed`: plain weights handed to `deepspeed.initialize` (ZeRO-2 or 3) in
-  `ember.training.engines`.
+  `ember.training.strategies`.
 
 Random-init models (`model.random_init`) are built from `source`'s config with
 `config_overrides`, seeded identically on every rank so shards agree.

@@ -16,15 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ember.config.paths import ember_home
+from ember.config.paths import default_tracking_uri
 
 RUN_STATUS_FAILED = "FAILED"
-
-
-def default_tracking_uri() -> str:
-    folder = ember_home() / "mlflow"
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'mlflow.db'}"
 
 
 def artifact_root_for(uri: str) -> str | None:

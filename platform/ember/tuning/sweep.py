@@ -237,7 +237,7 @@ def _trainable(config: SweepConfig, parent_run_id: str | None):
 
 
 def run_sweep(config: SweepConfig) -> SweepResult:
-    from ember.cluster.local import connect_ray
+    from ember.ray_session import connect_ray
 
     connect_ray()
     folder = storage_dir(config) / config.name

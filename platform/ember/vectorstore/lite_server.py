@@ -2,7 +2,7 @@
 
 Milvus Lite locks its data dir to one process (a second opener fails with
 DataDirLockedError), while Ember reads and writes from many: ingestion
-tasks, the RAG ingress replicas, the CLI. On a Ray cluster a detached actor
+tasks, the engine replicas' RAG routes, the CLI. On a Ray cluster a detached actor
 owns the data dir and serves it over gRPC on loopback (Milvus Lite's own
 server), and everyone connects by URI. Milvus Lite is single-node by nature;
 at scale, point `milvus_uri` at a Milvus server and this is bypassed.

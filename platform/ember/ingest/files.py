@@ -6,7 +6,7 @@ import glob
 import os
 from pathlib import Path
 
-from ember.data.readers import Skipped
+from ember.ingest.readers import Skipped
 
 
 def expand_paths(paths: list[str]) -> tuple[list[Path], list[Skipped]]:

@@ -11,10 +11,10 @@ import os
 
 import numpy as np
 
-from ember.data.chunking import chunk_text
-from ember.data.files import file_size
-from ember.data.readers import Skipped, read_file
-from ember.data.tokens import load_counter
+from ember.ingest.chunking import chunk_text
+from ember.ingest.files import file_size
+from ember.ingest.readers import Skipped, read_file
+from ember.ingest.tokens import load_counter
 from ember.vectorstore.milvus import SOURCE_MAX
 
 

@@ -1,6 +1,7 @@
-"""One interface over the four methods: forward, backward, step, save, load, export.
+"""Training strategies: one interface over the four methods (forward, backward, step,
+save, load, export).
 
-The loop in `ember.training.loop` is written once against `Engine`; what differs
+The loop in `ember.training.loop` is written once against `Strategy`; what differs
 between FSDP2, DDP-over-LoRA and DeepSpeed lives here:
 
 | method    | wrapper        | resumable state written per checkpoint        | export            |
@@ -31,10 +32,10 @@ from ember.training.modeling import (
 )
 
 
-def build_engine(config: SFTJobConfig, device, total_steps: int, rank: int, world: int):
+def build_strategy(config: SFTJobConfig, device, total_steps: int, rank: int, world: int):
     if config.method.name == "deepspeed":
-        return DeepSpeedEngine(config, device, total_steps, rank)
-    return TorchEngine(config, device, total_steps, rank, world)
+        return DeepSpeedStrategy(config, device, total_steps, rank)
+    return TorchStrategy(config, device, total_steps, rank, world)
 
 
 def build_scheduler(optimizer, config: SFTJobConfig, total_steps: int):
@@ -53,7 +54,7 @@ def build_optimizer(params, config: SFTJobConfig):
                              weight_decay=config.train.weight_decay)
 
 
-class Engine:
+class Strategy:
     """What the loop needs of every method; subclasses set model, scheduler, inner."""
 
     model = scheduler = inner = None
@@ -69,7 +70,7 @@ class Engine:
         self.model.train(mode)
 
 
-class TorchEngine(Engine):
+class TorchStrategy(Strategy):
     """full (FSDP2), lora (DDP when >1 worker) and qlora, with a torch AdamW."""
 
     def __init__(self, config: SFTJobConfig, device, total_steps: int, rank: int, world: int):
@@ -171,7 +172,7 @@ class TorchEngine(Engine):
             tokenizer.save_pretrained(folder / "adapter")
 
 
-class DeepSpeedEngine(Engine):
+class DeepSpeedStrategy(Strategy):
     """DeepSpeed ZeRO-2/3 over Ray Train's process group; DeepSpeed owns accumulation."""
 
     def __init__(self, config: SFTJobConfig, device, total_steps: int, rank: int):

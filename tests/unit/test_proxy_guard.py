@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from ember.serving.stream_guard import StreamGuard, proxy_middlewares
+from ember.serving.proxy_guard import StreamGuard, proxy_middlewares
 from starlette.middleware import Middleware
 
 SSE = [(b"content-type", b"text/event-stream")]

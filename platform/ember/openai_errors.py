@@ -1,17 +1,26 @@
-"""OpenAI-style error bodies for Ember's HTTP API.
+"""OpenAI-style error bodies for Ember's HTTP API, the Batch API's results and the proxy.
+
+One shape everywhere: `{"error": {"message", "type", "param", "code"}}`. The
+gate, the OpenAI and RAG routes and the Batch API answer with `openai_error`
+(`code` being the HTTP status); batch result lines and the proxy's stream guard
+build the same body with `error_body` (their `code` is their own).
 
 Ray Serve LLM reports engine errors with a message like
 "Message: <what> (Request ID: <id>), Internal exception: <class> ..., original
 exception: ...". Clients (the `openai` package, curl users) should read just
-<what>, so Ember unwraps it into OpenAI's shape:
-`{"error": {"message", "type", "param", "code"}}`, `code` being the HTTP status.
+<what>, so Ember unwraps it.
+
+A bottom module: no Ember imports, and starlette only when a response is built
+(the batch job and the Serve proxy import it too).
 """
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from starlette.responses import JSONResponse
+if TYPE_CHECKING:
+    from starlette.responses import JSONResponse
 
 _RAY_WRAPPED = re.compile(
     r"^Message: (?P<what>.*?)(?: \(Request ID: (?P<rid>[^)]*)\))?, "
@@ -44,14 +53,21 @@ def error_param(message: str) -> str | None:
     return match.group("param") if match else None
 
 
+def error_type(status_code: int) -> str:
+    """OpenAI's error `type` for an HTTP status."""
+    return _TYPES.get(status_code, "server_error" if status_code >= 500 else "api_error")
+
+
+def error_body(message: str, type_: str, param: str | None = None,
+               code: int | str | None = None) -> dict:
+    """The OpenAI error object, as a dict."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
 def openai_error(status_code: int, message: str, param: str | None = None) -> JSONResponse:
+    from starlette.responses import JSONResponse
+
     message = clean_message(message)
-    body = {
-        "error": {
-            "message": message,
-            "type": _TYPES.get(status_code, "server_error" if status_code >= 500 else "api_error"),
-            "param": param or error_param(message),
-            "code": status_code,
-        }
-    }
+    body = error_body(message, error_type(status_code), param or error_param(message),
+                      status_code)
     return JSONResponse(status_code=status_code, content=body)

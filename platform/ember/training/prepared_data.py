@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ember.training.config import SFTJobConfig
-from ember.training.data import DatasetError
+from ember.training.sft_data import DatasetError
 
 
 class DatasetRejected(DatasetError):
@@ -33,7 +33,7 @@ class PreparedData:
 
 
 def prepare_data(config: SFTJobConfig, tokenizer) -> PreparedData:
-    from ember.training.data import load_examples, split_examples, tokenize_example
+    from ember.training.sft_data import load_examples, split_examples, tokenize_example
 
     data = config.data
     examples, report = load_examples(data.path, format=data.format,

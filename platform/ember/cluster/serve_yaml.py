@@ -1,33 +1,65 @@
-"""Serve YAML files (cluster/serve/*.yaml): load, validate, size the cluster.
+"""Serve YAML files for `ember up` (cluster/serve/*.yaml): find, load, validate, size.
 
 A Serve config is validated twice: against Ray's own `ServeDeploySchema`
 (what `serve deploy` accepts) and, for Ember's applications, their `args`
 against Ember's `LLMAppConfig`, so a typo fails here with the key named
-instead of inside the Serve controller minutes later.
+instead of inside the Serve controller minutes later. (The `args` schema
+itself is `ember.serving.config`; this module reads files.)
+
+The cluster files are found through `EMBER_CLUSTER_DIR` when it is set, else in
+the source checkout Ember runs from (`platform/ember/...` beside `cluster/`);
+an installed Ember without either asks for `--config` or the variable, instead
+of guessing a path inside site-packages.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from ember.config.loading import ConfigError, describe_errors, load_yaml, validate
 from ember.serving.config import LLMAppConfig
-from ember.serving.rag_config import RAGAppConfig
+from ember.serving.rag.config import RAGAppConfig
 
 LLM_IMPORT_PATH = "serve_apps.llm:build_app"
 RAG_IMPORT_PATH = "serve_apps.rag:build_app"
 APP_ARG_SCHEMAS = {LLM_IMPORT_PATH: LLMAppConfig, RAG_IMPORT_PATH: RAGAppConfig}
 
 
-def repo_cluster_dir() -> Path:
-    """`cluster/` of the source checkout Ember runs from."""
-    return Path(__file__).resolve().parents[3] / "cluster"
+CLUSTER_DIR_VARIABLE = "EMBER_CLUSTER_DIR"
+DEFAULT_SERVE_CONFIG = Path("serve") / "local.yaml"
+
+
+def checkout_cluster_dir() -> Path:
+    """`cluster/` beside `platform/` in the source checkout this Ember runs from."""
+    import ember
+
+    return Path(ember.__file__).resolve().parent.parent.parent / "cluster"
+
+
+def cluster_dir() -> Path:
+    """The folder of Ember's cluster files: EMBER_CLUSTER_DIR, else the checkout's."""
+    configured = os.environ.get(CLUSTER_DIR_VARIABLE)
+    if configured:
+        folder = Path(configured).expanduser()
+        if not (folder / DEFAULT_SERVE_CONFIG).is_file():
+            raise ConfigError(f"{CLUSTER_DIR_VARIABLE}={configured}: no "
+                              f"{DEFAULT_SERVE_CONFIG} in it; point it at a copy of Ember's "
+                              f"cluster/ folder")
+        return folder
+    checkout = checkout_cluster_dir()
+    if (checkout / DEFAULT_SERVE_CONFIG).is_file():
+        return checkout
+    raise ConfigError(f"Ember's cluster files are not beside this installation (no "
+                      f"{checkout / DEFAULT_SERVE_CONFIG}): pass a Serve config with "
+                      f"`ember up --config FILE`, or set {CLUSTER_DIR_VARIABLE} to a copy of "
+                      f"the repository's cluster/ folder")
 
 
 def default_serve_config() -> Path:
-    return repo_cluster_dir() / "serve" / "local.yaml"
+    return cluster_dir() / DEFAULT_SERVE_CONFIG
 
 
 def load_serve_config(path: str | Path) -> dict[str, Any]:

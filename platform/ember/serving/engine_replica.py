@@ -15,9 +15,10 @@ builds one ASGI app in its own process, with its own event loop:
           -> vLLM's own OpenAI server app on this replica's engine client
              (the code a plain `vllm serve` runs; no Ray hop per token)
         everything else (rag:* models, other models, /v1/models, /v1/retrieve,
-          /health, ...) -> Ember's routes (`EmberIngress` / `RAGIngress`), whose
-          calls to this replica's model run in-process (`LocalHandle`) and to
-          other models through Serve handles, as before.
+          /health, ...) -> Ember's routes (`OpenAIRoutes` / `RAGRoutes`, bound
+          on Ray's OpenAI FastAPI app by `routes_app`), whose calls to this
+          replica's model run in-process (`LocalHandle`) and to other models
+          through Serve handles, as before.
 
 Serve still routes each request to a replica (power of two choices over
 replicas, autoscaling, placement groups for tensor parallelism): only the
@@ -33,6 +34,7 @@ import logging
 from types import SimpleNamespace
 from typing import Any
 
+from ember.access.request_state import key_of, set_served_model, set_strip_usage
 from ember.ray_internals import (
     LLMServer,
     build_engine_asgi_app,
@@ -42,7 +44,7 @@ from ember.ray_internals import (
     served_model_id,
 )
 
-logger = logging.getLogger("ember.engine_server")
+logger = logging.getLogger("ember.engine_replica")
 HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
@@ -62,16 +64,16 @@ class EngineServer(LLMServer):
 class EmberServer(EngineServer):
     """An LLMServer whose replica also serves Ember's HTTP API (see the module doc)."""
 
-    async def __init__(self, llm_config, *, ingress_cls: str, endpoint_map: str,
+    async def __init__(self, llm_config, *, routes_cls: str, route_map: str,
                    other_models: dict | None = None, model_cards: dict | None = None,
-                   ingress_kwargs: dict | None = None,
+                   routes_kwargs: dict | None = None,
                    cpu_worker_niceness: int | None = None) -> None:
         # Ember's routes first: their access gate refuses to start without the keys
         # database, before minutes of engine start-up.
         handles = {**(other_models or {}), llm_config.model_id: LocalHandle(self)}
-        self._ingress = _load(ingress_cls)(handles, dict(model_cards or {}),
-                                           **(ingress_kwargs or {}))
-        self._endpoint_map = _load(endpoint_map)
+        self._routes = _load(routes_cls)(handles, dict(model_cards or {}),
+                                         **(routes_kwargs or {}))
+        self._route_map = _load(route_map)
         await super().__init__(llm_config, cpu_worker_niceness=cpu_worker_niceness)
 
     async def unfinished_requests(self) -> int:
@@ -82,8 +84,9 @@ class EmberServer(EngineServer):
         from ember.access.gate import AccessMiddleware
 
         engine_app = await build_engine_asgi_app(self)
-        return AccessMiddleware(HotPath(served_model_id(self), self._ingress, engine_app,
-                                        routes_app(self._ingress, self._endpoint_map)))
+        hot_path = HotPath(served_model_id(self), self._routes, engine_app,
+                           routes_app(self._routes, self._route_map))
+        return AccessMiddleware(hot_path, self._routes.gate)
 
 
 class HotPath:
@@ -95,8 +98,8 @@ class HotPath:
     event if the client did not ask for it), exactly as on Ember's own routes.
     """
 
-    def __init__(self, model_id: str, ingress, engine_app, ember_app) -> None:
-        self.model_id, self.ingress = model_id, ingress
+    def __init__(self, model_id: str, routes, engine_app, ember_app) -> None:
+        self.model_id, self.routes = model_id, routes
         self.engine_app, self.ember_app = engine_app, ember_app
 
     async def __call__(self, scope, receive, send) -> None:
@@ -112,14 +115,12 @@ class HotPath:
         if data is None or data.get("model") != self.model_id:
             await self.ember_app(scope, _replay(body, receive), send)
             return
-        state = scope.setdefault("state", {})
-        state["ember_served_model"] = self.model_id
-        if refusal := self.ingress.hot_path_refusal(scope["path"], data,
-                                                    state.get("ember_key")):
+        set_served_model(scope, self.model_id)
+        if refusal := self.routes.hot_path_refusal(scope["path"], data, key_of(scope)):
             await refusal(scope, receive, send)
             return
         if data.get("stream") and not (data.get("stream_options") or {}).get("include_usage"):
-            state["ember_strip_usage"] = True  # see ingress.with_usage
+            set_strip_usage(scope)  # see openai_routes.with_usage
             data["stream_options"] = {**(data.get("stream_options") or {}),
                                       "include_usage": True}
             body = json.dumps(data).encode()
@@ -150,12 +151,12 @@ class LocalHandle:
         return SimpleNamespace(remote=stream)
 
 
-def routes_app(ingress, endpoint_map: dict):
+def routes_app(routes, route_map: dict):
     """Ray's OpenAI FastAPI app (its error handling, CORS, request ids) with
-    `ingress`'s bound methods as the routes of `endpoint_map`."""
+    `routes`' bound methods as the routes of `route_map`."""
     app = build_openai_fastapi_app()
-    for method_name, route in endpoint_map.items():
-        route(app)(getattr(ingress, method_name))
+    for method_name, route in route_map.items():
+        route(app)(getattr(routes, method_name))
     return app
 
 

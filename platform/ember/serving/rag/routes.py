@@ -1,14 +1,17 @@
-"""The RAG ingress: Ember's OpenAI ingress plus retrieval.
+"""The RAG routes: Ember's OpenAI routes plus retrieval, on the engine replica.
 
-- every OpenAI route of Ray's ingress, unchanged (inherited);
+- every OpenAI route of Ray's ingress, unchanged (inherited through `OpenAIRoutes`);
 - `rag` / `rag:<collection>` as models in /v1/models: a chat with one of them
   retrieves, assembles a cited prompt and generates; the response carries
   `sources` (on the first chunk when streaming); `rag@<model>` and
   `rag:<collection>@<model>` answer with another served model (a fine-tuned
   one, say) instead of the default answering model;
 - `/v1/embeddings` for the embedder (other models go to Ray's route);
-- plain endpoints: POST /v1/retrieve, /generate, /rag-generate; GET /health,
-  /metrics.
+- plain endpoints: POST /v1/retrieve, /generate, /rag-generate; GET /health.
+
+Answers are counted by endpoint and status, and retrievals timed, in Ray's
+metrics (`ember.access.telemetry`: `ray_ember_rag_requests_total`,
+`ray_ember_retrieval_seconds`).
 """
 
 from __future__ import annotations
@@ -18,28 +21,27 @@ import asyncio
 from fastapi import Request
 from starlette.responses import JSONResponse, Response
 
+from ember.access.telemetry import count_rag_request
+from ember.openai_errors import openai_error
 from ember.ray_internals import ChatCompletionRequest, EmbeddingRequest, ModelCard, ModelList
-from ember.serving import streams
-from ember.serving.errors import openai_error
-from ember.serving.ingress import ENDPOINTS as EMBER_ENDPOINTS
-from ember.serving.ingress import EmberIngress, request_key
-from ember.serving.metrics import REQUESTS, render
-from ember.serving.prompt import ContextTooLong, fit_sources
-from ember.serving.rag_config import RAG_MODEL, RetrievalConfig
-from ember.serving.rag_models import GenerateRequest, RagGenerateRequest, RetrieveRequest
-from ember.serving.retrieval import RetrievalError, Retriever
+from ember.serving.openai_routes import ROUTES as OPENAI_ROUTES
+from ember.serving.openai_routes import OpenAIRoutes, request_key
+from ember.serving.rag import streams
+from ember.serving.rag.config import RAG_MODEL, RetrievalConfig
+from ember.serving.rag.prompt import ContextTooLong, fit_sources
+from ember.serving.rag.protocol import GenerateRequest, RagGenerateRequest, RetrieveRequest
+from ember.serving.rag.retrieval import RetrievalError, Retriever
 
-RAG_ENDPOINTS = {
+RAG_ROUTES = {
     "retrieve": lambda app: app.post("/v1/retrieve"),
     "generate": lambda app: app.post("/generate"),
     "rag_generate": lambda app: app.post("/rag-generate"),
     "health": lambda app: app.get("/health"),
-    "metrics": lambda app: app.get("/metrics"),
 }
-ENDPOINTS = {**EMBER_ENDPOINTS, **RAG_ENDPOINTS}
+ROUTES = {**OPENAI_ROUTES, **RAG_ROUTES}
 
 
-class RAGIngress(EmberIngress):
+class RAGRoutes(OpenAIRoutes):
     def __init__(self, llm_deployments, model_cards, *, lora_paths=None, embedder=None,
                  rag: dict | None = None, answering: dict | None = None, **kwargs) -> None:
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths, **kwargs)
@@ -115,7 +117,7 @@ class RAGIngress(EmberIngress):
                                                   body.rerank)
         except RetrievalError as exc:
             return self._error(exc, "retrieve")
-        REQUESTS.labels("retrieve", "200").inc()
+        count_rag_request("retrieve", 200)
         return JSONResponse({"collection": collection, "query": body.query,
                              "mode": found.mode, "reranked": found.reranked,
                              "notices": found.notices,
@@ -127,7 +129,7 @@ class RAGIngress(EmberIngress):
         if refusal := self._refusal(request, chat):
             return refusal
         response = await self._chat(chat, request)
-        REQUESTS.labels("generate", str(response.status_code)).inc()
+        count_rag_request("generate", response.status_code)
         return streams.plain(response, lambda text, usage: {"text": text, "usage": usage})
 
     async def rag_generate(self, body: RagGenerateRequest, request: Request) -> Response:
@@ -144,7 +146,7 @@ class RAGIngress(EmberIngress):
         found = [s.as_dict() for s in kept]
         response = await self._chat(
             self._chat_request(self.answering["model"], messages, body), request)
-        REQUESTS.labels("rag-generate", str(response.status_code)).inc()
+        count_rag_request("rag-generate", response.status_code)
         return streams.plain(
             response, lambda text, usage: {"answer": text, "sources": found, "usage": usage},
             first_event={"sources": found})
@@ -165,9 +167,6 @@ class RAGIngress(EmberIngress):
         return JSONResponse(self.health_report(
             problems, embedder=info, collections=collections,
             query_encoder=self.retriever.query_encoder_backend()))
-
-    async def metrics(self) -> Response:
-        return Response(render(), media_type="text/plain; version=0.0.4")
 
     # --- helpers -------------------------------------------------------------
     def _top_k(self, requested: int | None) -> int:
@@ -198,7 +197,7 @@ class RAGIngress(EmberIngress):
 
     def _error(self, exc: Exception, endpoint: str = "chat") -> Response:
         status = getattr(exc, "status_code", 400)
-        REQUESTS.labels(endpoint, str(status)).inc()
+        count_rag_request(endpoint, status)
         return openai_error(status, getattr(exc, "message", str(exc)),
                             getattr(exc, "param", None))
 

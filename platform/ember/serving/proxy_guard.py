@@ -1,6 +1,6 @@
 """The Serve proxy's guard: a stream that breaks says so.
 
-The engine replica writes the HTTP response itself (`engine_server`), so when
+The engine replica writes the HTTP response itself (`engine_replica`), so when
 it dies (SIGKILL, OOM, node loss) the only process still holding the client's
 connection is Serve's HTTP proxy. Serve's proxy then stops forwarding and
 ends the response as if it had finished: a client sees a clean end of an SSE
@@ -38,11 +38,13 @@ import uuid
 
 from starlette.middleware import Middleware
 
-logger = logging.getLogger("ember.stream_guard")
+from ember.openai_errors import error_body
+
+logger = logging.getLogger("ember.proxy_guard")
 RETRY_AFTER_S = 5
 DONE = b"data: [DONE]"
 USAGE_HEADER = b"x-ember-usage"  # ember.access.gate.USAGE_HEADER (not imported: light)
-KEEPER_PREFIX = "ember-quota-"  # ember.access.quota.keeper_name
+KEEPER_PREFIX = "ember-quota-"  # ember.access.metering.keeper_name
 
 
 def proxy_middlewares() -> list[Middleware]:
@@ -51,8 +53,8 @@ def proxy_middlewares() -> list[Middleware]:
 
 
 def error_event(message: str, code: int = 503) -> bytes:
-    error = {"message": message, "type": "server_error", "param": None, "code": code}
-    return f"data: {json.dumps({'error': error})}\n\n".encode() + DONE + b"\n\n"
+    body = error_body(message, "server_error", None, code)
+    return f"data: {json.dumps(body)}\n\n".encode() + DONE + b"\n\n"
 
 
 class StreamGuard:
@@ -186,10 +188,9 @@ class _Watch:
             self.client_gone = True
 
     async def _send_json_503(self) -> None:
-        body = json.dumps({"error": {
-            "message": "The model replica failed before answering; the service is "
-                       f"restarting it. Retry in {RETRY_AFTER_S} s.",
-            "type": "server_error", "param": None, "code": 503}}).encode()
+        body = json.dumps(error_body(
+            "The model replica failed before answering; the service is "
+            f"restarting it. Retry in {RETRY_AFTER_S} s.", "server_error", None, 503)).encode()
         await self._send({"type": "http.response.start", "status": 503, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (b"retry-after", str(RETRY_AFTER_S).encode())]})

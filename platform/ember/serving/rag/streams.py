@@ -1,4 +1,4 @@
-"""Reshape the OpenAI responses Ray's ingress returns, for RAG and plain endpoints.
+"""Reshape the OpenAI responses Ray's ingress code returns, for RAG and plain endpoints.
 
 Ray returns a JSONResponse (non-streaming) or a StreamingResponse of SSE
 events `data: {...}\\n\\n`. These helpers rewrite them without touching the
@@ -12,8 +12,6 @@ import json
 from collections.abc import AsyncIterator, Callable
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
-
-from ember.serving.metrics import count_usage
 
 
 async def sse_payloads(response: StreamingResponse) -> AsyncIterator[dict | str]:
@@ -39,7 +37,6 @@ def with_sources(response: Response, sources: list[dict], model: str) -> Respons
     data = json.loads(response.body)
     if "error" not in data:
         data.update(model=model, sources=sources)
-        count_usage(data.get("usage"))
     return JSONResponse(data, status_code=response.status_code)
 
 
@@ -50,7 +47,6 @@ async def _stream_with_sources(response, sources, model) -> AsyncIterator[str]:
             payload["model"] = model
             if first:
                 payload["sources"], first = sources, False
-            count_usage(payload.get("usage"))
         yield sse(payload)
 
 
@@ -63,7 +59,6 @@ def plain(response: Response, shape: Callable[[str, dict | None], dict],
     data = json.loads(response.body)
     if "error" in data:
         return response
-    count_usage(data.get("usage"))
     return JSONResponse(shape(data["choices"][0]["message"]["content"] or "", data["usage"]))
 
 
@@ -74,7 +69,6 @@ async def _plain_stream(response, first_event) -> AsyncIterator[str]:
         if isinstance(payload, str) or "error" in payload:
             yield sse(payload)
             continue
-        count_usage(payload.get("usage"))
         for choice in payload.get("choices") or []:
             if (delta := (choice.get("delta") or {}).get("content")):
                 yield sse({"delta": delta})

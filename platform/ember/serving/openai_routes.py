@@ -1,8 +1,12 @@
-"""Ember's OpenAI ingress: Ray's `OpenAiIngress` with clearer input errors.
+"""Ember's OpenAI routes: Ray's `OpenAiIngress` with clearer input errors.
+
+Not a Serve ingress of its own: the engine replica (`engine_replica`) is the
+app's ingress and binds these methods as routes on its own FastAPI app
+(`ROUTES`), behind the access gate, beside its hot path.
 
 Ray already validates most requests (vLLM names the limit for an over-long
 prompt or an absurd `max_tokens`). This subclass adds what a client needs:
-- every error as an OpenAI error object, message unwrapped (`errors.py`),
+- every error as an OpenAI error object, message unwrapped (`ember.openai_errors`),
   unknown models as 404 listing the models that exist;
 - an empty `messages` list refused up front, naming the field;
 - the access gate's checks that need the parsed body (`ember.access.gate`):
@@ -22,7 +26,9 @@ from fastapi import HTTPException, Request
 from starlette.responses import JSONResponse, Response
 
 from ember.access.config import AccessConfig
-from ember.access.gate import AccessGate, install_gate
+from ember.access.gate import AccessGate
+from ember.access.request_state import key_of, set_served_model, set_strip_usage
+from ember.openai_errors import openai_error
 from ember.ray_internals import (
     DEFAULT_ENDPOINTS,
     ChatCompletionRequest,
@@ -33,20 +39,18 @@ from ember.ray_internals import (
     ingress_model_cards,
 )
 from ember.serving.batch_routes import BATCH_ROUTES, BatchRoutes
-from ember.serving.errors import openai_error
 
-# Ray's OpenAI routes, the Batch API and /health; `engine_server.routes_app` binds them
-ENDPOINTS = {**DEFAULT_ENDPOINTS, **BATCH_ROUTES, "health": lambda app: app.get("/health")}
+# Ray's OpenAI routes, the Batch API and /health; `engine_replica.routes_app` binds them
+ROUTES = {**DEFAULT_ENDPOINTS, **BATCH_ROUTES, "health": lambda app: app.get("/health")}
 
 
-class EmberIngress(BatchRoutes, OpenAiIngress):
+class OpenAIRoutes(BatchRoutes, OpenAiIngress):
     def __init__(self, llm_deployments, model_cards, *, access: dict | None = None,
                  prices: dict[str, float] | None = None, batch: dict | None = None,
                  **kwargs) -> None:
         super().__init__(llm_deployments, model_cards, **kwargs)
         access_config = AccessConfig(**(access or {}))
-        self.gate = AccessGate(access_config, prices)
-        install_gate(self.gate)
+        self.gate = AccessGate(access_config, prices)  # the replica's AccessMiddleware's too
         self._init_batches(batch, access_config.url())
         self.gate.path_limits["/v1/files"] = (int(self.batch_settings.max_file_mb * 2**20),
                                               "batch.max_file_mb")
@@ -62,7 +66,7 @@ class EmberIngress(BatchRoutes, OpenAiIngress):
                 or self.gate.check_embedding_inputs(count))
 
     def hot_path_refusal(self, path: str, data: dict, key) -> Response | None:
-        """The checks of `chat`/`completions` on a raw body (`engine_server.HotPath`)."""
+        """The checks of `chat`/`completions` on a raw body (`engine_replica.HotPath`)."""
         if path == "/v1/chat/completions" and data.get("messages") == []:
             return _no_messages()
         return (self.gate.check_model(key, data.get("model"))
@@ -70,7 +74,7 @@ class EmberIngress(BatchRoutes, OpenAiIngress):
 
     async def _chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         """Ray's chat route, after Ember's checks (internal calls come here directly)."""
-        request.state.ember_served_model = body.model  # the usage row's LLM (RAG: the answerer)
+        set_served_model(request.scope, body.model)  # the usage row's LLM (RAG: the answerer)
         return await OpenAiIngress.chat(self, with_usage(body, request), request)
 
     async def _get_model_id(self, model: str | None) -> str:
@@ -127,7 +131,11 @@ class EmberIngress(BatchRoutes, OpenAiIngress):
         if accounting["dropped_rows"]:
             reasons.append(f"accounting: {accounting['dropped_rows']} usage rows were dropped "
                            f"(outbox full, access.usage_buffer_rows)")
+        from ray import serve
+
+        # which replica answered: each /health lands on one of them
         return {"status": "degraded" if reasons else "ok", "reasons": reasons,
+                "replica": serve.get_replica_context().replica_id.unique_id,
                 "models": sorted(ingress_model_cards(self)), "accounting": accounting, **parts}
 
     async def model_data(self, model: str):
@@ -147,11 +155,11 @@ def with_usage(body, request: Request):
     """A streamed request that asks for usage; the gate strips it if the client did not."""
     if not body.stream or (body.stream_options and body.stream_options.include_usage):
         return body
-    request.state.ember_strip_usage = True
+    set_strip_usage(request.scope)
     options_cls = typing.get_args(type(body).model_fields["stream_options"].annotation)[0]
     return body.model_copy(update={"stream_options": options_cls(include_usage=True)})
 
 
 def request_key(request: Request):
     """The ApiKey the gate found for this request (None with auth off)."""
-    return getattr(request.state, "ember_key", None)
+    return key_of(request.scope)

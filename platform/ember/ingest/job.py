@@ -1,7 +1,7 @@
 """Ingestion as a Ray job:
 
     ray job submit --working-dir . -- \
-        python -m ember.data.job --config cluster/jobs/ingest-sample.yaml
+        python -m ember.ingest.job --config cluster/jobs/ingest-sample.yaml
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from ember.config.loading import apply_env_overrides, load_yaml, validate
-from ember.data.config import IngestConfig
+from ember.ingest.config import IngestConfig
 
 
 def load_ingest_config(path: str | None, overrides: dict | None = None) -> IngestConfig:
@@ -20,10 +20,10 @@ def load_ingest_config(path: str | None, overrides: dict | None = None) -> Inges
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ember.data.job", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ember.ingest.job", description=__doc__)
     parser.add_argument("--config", required=True)
     args = parser.parse_args(argv)
-    from ember.data.pipeline import run_ingest
+    from ember.ingest.pipeline import run_ingest
 
     report = run_ingest(load_ingest_config(args.config))
     print(report.format())

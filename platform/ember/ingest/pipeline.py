@@ -13,7 +13,7 @@ Design choices:
 - The collection is flushed and loaded at the end (docs/architecture.md: searches on
   unflushed data are ~50x slower here).
 - The terminal shows Ember's lines and one live progress line
-  (`ember.data.progress`); Ray's own logs go to `ray.log` in the run's folder
+  (`ember.ingest.progress`); Ray's own logs go to `ray.log` in the run's folder
   under `$EMBER_HOME/runs/`.
 """
 
@@ -24,10 +24,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ember.data.config import IngestConfig
-from ember.data.files import expand_paths, file_size
-from ember.data.readers import Skipped, file_hash
 from ember.errors import EmberError
+from ember.ingest.config import IngestConfig
+from ember.ingest.files import expand_paths, file_size
+from ember.ingest.readers import Skipped, file_hash
 
 
 @dataclass
@@ -68,7 +68,7 @@ ROWS_PER_EMBED_CALL = 512
 
 
 def run_ingest(config: IngestConfig, progress=print) -> IngestReport:
-    from ember.data.progress import ray_logs_to
+    from ember.ray_session import ray_logs_to
 
     log = run_folder(config.collection) / "ray.log"
     progress(f"Ray's logs for this run: {log}")
@@ -88,15 +88,15 @@ def run_ingest(config: IngestConfig, progress=print) -> IngestReport:
 
 
 def run_folder(collection: str) -> Path:
-    from ember.config.paths import new_run_folder
+    from ember.config.paths import new_run_log_folder
 
-    return new_run_folder(f"ingest-{collection}")
+    return new_run_log_folder(f"ingest-{collection}")
 
 
 def _ingest(config: IngestConfig, progress) -> IngestReport:
-    from ember.cluster.local import connect_ray
     from ember.models.catalogue import resolve_model
     from ember.models.embedder import embedder_dim_of
+    from ember.ray_session import connect_ray
     from ember.vectorstore.lite_server import shared_uri
     from ember.vectorstore.milvus import MilvusStore, default_uri
 
@@ -154,8 +154,8 @@ def _run_local(todo: dict[str, str], config: IngestConfig, embedder_path: str, u
     """A small corpus in this process: the same stages as the pipeline, without Ray Data."""
     from collections import Counter
 
-    from ember.data.milvus_sink import milvus_row
-    from ember.data.stages import EmbedBatch, read_and_chunk
+    from ember.ingest.milvus_sink import milvus_row
+    from ember.ingest.stages import EmbedBatch, read_and_chunk
     from ember.vectorstore.milvus import MilvusStore
 
     progress(f"reading, chunking and embedding {len(todo)} files in this process "
@@ -217,9 +217,10 @@ def _run_pipeline(todo: dict[str, str], config: IngestConfig, embedder_path: str
                   progress) -> dict:
     import ray
 
-    from ember.data.milvus_sink import MilvusDatasink
-    from ember.data.progress import IngestProgress, Totals, quiet_ray_data, run_with_progress
-    from ember.data.stages import EmbedBatch, read_and_chunk
+    from ember.ingest.milvus_sink import MilvusDatasink
+    from ember.ingest.progress import IngestProgress, Totals, run_with_progress
+    from ember.ingest.stages import EmbedBatch, read_and_chunk
+    from ember.ray_session import quiet_ray_data
 
     quiet_ray_data()
     actors = config.embed_actors()

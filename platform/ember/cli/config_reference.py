@@ -1,6 +1,6 @@
 """The configuration reference (docs/configuration.md), generated from the settings models.
 
-    python -m ember.config.reference > docs/configuration.md
+    python -m ember.cli.config_reference > docs/configuration.md
 
 Design choices:
 - The pydantic models are the schema and each field's `description=` is its
@@ -9,8 +9,9 @@ Design choices:
 - Nested models flatten into dotted keys (`models[].engine.max_model_len`,
   `search_space.<path>.low`), in the order the fields are declared, one table per
   kind of config file.
-- `ember.config` is the bottom layer: the model classes are imported inside
-  `documented_models()`, not when this module loads.
+- It documents upper-layer configs (serving) beside lower ones, so it lives
+  with the CLI, not in `ember.config` (the bottom layer); the model classes are
+  imported inside `documented_models()`, not when this module loads.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-REGENERATE = "python -m ember.config.reference > docs/configuration.md"
+REGENERATE = "python -m ember.cli.config_reference > docs/configuration.md"
 
 
 @dataclass(frozen=True)
@@ -47,15 +48,15 @@ class Row:
 
 SECTIONS = (
     Section(
-        "Serve application", "ember.serving.rag_config:RAGAppConfig",
+        "Serve application", "ember.serving.rag.config:RAGAppConfig",
         "`args:` of an application in a Serve config (`cluster/serve/local.yaml`,\n"
         "`cluster/serve/multi-gpu.yaml`; the rest of those files is Ray's Serve schema).\n"
         "Ember's applications are `serve_apps.rag:build_app` (args: `RAGAppConfig`,\n"
-        "`ember.serving.rag_config`) and `serve_apps.llm:build_app` (args: `LLMAppConfig`,\n"
+        "`ember.serving.rag.config`) and `serve_apps.llm:build_app` (args: `LLMAppConfig`,\n"
         "`ember.serving.config`: the same without `rag`)."),
     Section(
-        "Ingestion", "ember.data.config:IngestConfig",
-        "An ingest config (`cluster/jobs/ingest-*.yaml`, `ember.data.config.IngestConfig`):\n"
+        "Ingestion", "ember.ingest.config:IngestConfig",
+        "An ingest config (`cluster/jobs/ingest-*.yaml`, `ember.ingest.config.IngestConfig`):\n"
         "`ember ingest` flags override it, `EMBER_INGEST_*` variables too."),
     Section(
         "Fine-tuning job", "ember.training.config:SFTJobConfig",

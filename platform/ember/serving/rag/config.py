@@ -45,7 +45,7 @@ class RetrievalConfig(_Strict):
                             "matches sentence-transformers (ONNX Runtime, TorchScript, encode)")
 
     def search_settings(self):
-        from ember.serving.retrieval import SearchSettings
+        from ember.serving.rag.retrieval import SearchSettings
 
         return SearchSettings(mode=self.mode, rerank=self.rerank,
                               rerank_candidates=self.rerank_candidates, reranker=self.reranker,

@@ -17,21 +17,18 @@ Design choices:
 - On a terminal the line is redrawn in place; in a log (CI, `ray job submit`)
   a line is printed every `LOG_EVERY_S` seconds instead.
 - Ray's and Ray Data's own log lines (cluster start, execution plans, worker
-  warnings) and progress bars go to a file in the run's folder, named once.
+  warnings) and progress bars go to a file in the run's folder, named once
+  (`ember.ray_session.ray_logs_to`, shared with batch jobs).
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import ray
 
@@ -39,7 +36,6 @@ LOG_EVERY_S = 10.0
 RATE_WINDOW_S = 60.0
 RATE_SPAN_S = 30.0
 POLL_S = 0.5
-LIBRARY_LOGGERS = ("ray", "ray.data", "ray.serve", "pymilvus")
 
 
 class WriteLog:
@@ -145,73 +141,3 @@ def run_with_progress(work: Callable[[], object], actor, totals: Totals, out=Non
     if "error" in result:
         raise result["error"]
     return result.get("value")
-
-
-@contextmanager
-def ray_logs_to(path: Path):
-    """Send Ray's, Ray Data's and pymilvus' logs to `path` for the block's duration.
-
-    Python loggers get a file handler in place of theirs. Ray's C++ core also
-    writes warnings straight to the process's stderr (file descriptor 2), so
-    that descriptor points at the file too until the block ends; an exception
-    raised inside is re-raised after, onto the real stderr. And the driver's
-    error listener thread prints raylet warnings ("N PYTHON worker processes
-    have been started ...") to sys.stdout: writes from Ray's threads go to the
-    file, everyone else's to the terminal.
-    """
-    import ray.data  # noqa: F401  (it configures its loggers on import: do that first)
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    saved = {}
-    for name in LIBRARY_LOGGERS:
-        logger = logging.getLogger(name)
-        saved[name] = (logger.handlers[:], logger.propagate)
-        logger.handlers = [handler]
-        logger.propagate = False
-    sys.stderr.flush()
-    real_stderr = os.dup(2)
-    os.dup2(handler.stream.fileno(), 2)
-    real_stdout, sys.stdout = sys.stdout, _RayThreadsTo(handler.stream, sys.stdout)
-    try:
-        yield path
-    finally:
-        sys.stdout = real_stdout
-        sys.stderr.flush()
-        os.dup2(real_stderr, 2)
-        os.close(real_stderr)
-        for name, (handlers, propagate) in saved.items():
-            logger = logging.getLogger(name)
-            logger.handlers, logger.propagate = handlers, propagate
-        handler.close()
-
-
-def quiet_ray_data() -> None:
-    """No Ray Data progress bars on the terminal: Ember draws its own line."""
-    from ray.data import DataContext
-
-    context = DataContext.get_current()
-    context.enable_progress_bars = False
-    context.enable_operator_progress_bars = False
-    context.print_on_execution_start = False
-
-
-class _RayThreadsTo:
-    """sys.stdout stand-in: Ray's driver threads (named `ray_*`) write to `file`."""
-
-    def __init__(self, file, terminal) -> None:
-        self._file, self._terminal = file, terminal
-
-    def _target(self):
-        ray_thread = threading.current_thread().name.startswith("ray_")
-        return self._file if ray_thread else self._terminal
-
-    def write(self, text: str) -> int:
-        return self._target().write(text)
-
-    def flush(self) -> None:
-        self._target().flush()
-
-    def __getattr__(self, name: str):
-        return getattr(self._terminal, name)

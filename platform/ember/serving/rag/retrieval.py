@@ -1,4 +1,4 @@
-"""Retrieval inside the ingress: embed the query, search the collection, rerank.
+"""Retrieval inside the engine replica: embed the query, search the collection, rerank.
 
 The query path does its work in the replica's own process: the query is
 embedded by a local copy of the embedder (the Embedder deployment stays for
@@ -28,8 +28,8 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from ember.serving.metrics import RETRIEVAL_SECONDS
-from ember.serving.prompt import Source
+from ember.access.telemetry import observe_retrieval
+from ember.serving.rag.prompt import Source
 
 logger = logging.getLogger("ember.retrieval")
 MODES = ("dense", "keyword", "hybrid")
@@ -142,7 +142,7 @@ class Retriever:
         self.check(query, top_k, mode)
         start = time.perf_counter()
         result = await asyncio.to_thread(self._retrieve, query, collection, top_k, mode, rerank)
-        RETRIEVAL_SECONDS.labels(collection).observe(time.perf_counter() - start)
+        observe_retrieval(collection, time.perf_counter() - start)
         if self.score_threshold is not None and result.mode == "dense" and not result.reranked:
             result.sources = [s for s in result.sources if s.score >= self.score_threshold]
         return result
@@ -197,7 +197,7 @@ class Retriever:
             return self._snapshots[collection]
 
     def _load(self, collection: str):
-        from ember.serving.search_index import Chunk, Snapshot
+        from ember.serving.rag.search_index import Chunk, Snapshot
 
         store = self.store()
         self._check_collection(collection)

@@ -1,13 +1,11 @@
-"""Per-key request and token windows shared by every ingress replica; the usage writer.
+"""Metering: the usage keeper, which writes usage rows and samples measured cost.
 
-One named Ray actor per keys database (`ember-quota-<hash>` in namespace
-`ember`), so the counts hold across ingress replicas and processes, not in
-one replica's memory. Replicas reach it through `accounting.KeeperLink`,
-which keeps serving (from a local view) while the keeper is away. Design choices:
-- Sliding one-minute windows: requests per minute counts admitted requests,
-  tokens per minute the prompt + completion tokens of finished ones. A key
-  over either gets the seconds until its oldest entry leaves the window,
-  which becomes the 429's Retry-After.
+`QuotaKeeper` is one named Ray actor per keys database (`ember-quota-<hash>` in
+namespace `ember`), shared by every engine replica: it holds the per-key request
+and token windows (`limits.Windows`) across replicas and processes, writes the
+replicas' usage rows, and charges each key its share of the replicas' measured
+cost. Replicas reach it through `accounting.KeeperLink`, which keeps serving
+(from a local view) while the keeper is away. Design choices:
 - Only keys with an rpm, tpm or budget cost an actor round trip before their
   request; usage rows come in batches from each replica's outbox.
 - A batch of usage rows is written to the database before the call returns:
@@ -19,7 +17,7 @@ which keeps serving (from a local view) while the keeper is away. Design choices
   replicas x USD/hour x seconds, and splits that among the keys by the tokens
   each used of that model in the interval (`spend` rows; an idle interval is
   one row without a key). A key's spend so far is what its budget is checked
-  against.
+  against. Replicas are counted by deployment name (`LLM_DEPLOYMENT_PREFIX`).
 - The keeper is a service actor (`ember.service_actors`): it lives outside
   every replica's placement group, so a replica's death does not take it along.
 """
@@ -34,44 +32,15 @@ from collections import defaultdict, deque
 
 import ray
 
+from ember.access.limits import Windows
 from ember.access.schema import SPEND, USAGE
+from ember.deployment_names import LLM_DEPLOYMENT_PREFIX
 from ember.service_actors import service_actor_options
 
-WINDOW_S = 60.0
 SEEN_ROWS = 100_000  # row ids remembered, so a re-sent row is not counted in the windows twice
 SAMPLE_S = 10.0  # cost intervals: how often replicas are counted
 
 logger = logging.getLogger("ember.access")
-
-
-class Windows:
-    """Sliding one-minute windows of requests and tokens per key (pure logic)."""
-
-    def __init__(self) -> None:
-        self.requests: dict[int, deque[float]] = defaultdict(deque)
-        self.tokens: dict[int, deque[tuple[float, int]]] = defaultdict(deque)
-
-    def admit(self, key_id: int, rpm: int | None, tpm: int | None, now: float) -> float | None:
-        """None if the request may go ahead (and it is counted); else seconds to wait."""
-        requests, tokens = self._prune(key_id, now)
-        if rpm is not None and len(requests) >= rpm:
-            return max(requests[0] + WINDOW_S - now, 0.001)
-        if tpm is not None and sum(n for _, n in tokens) >= tpm:
-            return max(tokens[0][0] + WINDOW_S - now, 0.001)
-        requests.append(now)
-        return None
-
-    def spend(self, key_id: int, tokens: int, now: float) -> None:
-        if tokens:
-            self.tokens[key_id].append((now, tokens))
-
-    def _prune(self, key_id: int, now: float):
-        requests, tokens = self.requests[key_id], self.tokens[key_id]
-        while requests and requests[0] <= now - WINDOW_S:
-            requests.popleft()
-        while tokens and tokens[0][0] <= now - WINDOW_S:
-            tokens.popleft()
-        return requests, tokens
 
 
 def allocate(usd: float, tokens_by_key: dict[int | None, int]) -> list[tuple]:
@@ -83,9 +52,6 @@ def allocate(usd: float, tokens_by_key: dict[int | None, int]) -> list[tuple]:
     if total <= 0:
         return [(None, usd, 0)]
     return [(key, usd * n / total, n) for key, n in tokens_by_key.items() if n > 0]
-
-
-LLM_DEPLOYMENT_PREFIX = "LLMServer"  # deployments are named `LLMServer:<model>`
 
 
 def running_replicas(models: list[str]) -> dict[str, int]:
@@ -194,7 +160,7 @@ class QuotaKeeper:
             self.interval_requests[row["served_model"]] += 1
 
     async def set_prices(self, prices: dict[str, float]) -> None:
-        """USD per replica-hour of served models (each ingress replica sends its app's)."""
+        """USD per replica-hour of served models (each engine replica sends its app's)."""
         self.prices.update(prices)
         self._start_loops()
 

@@ -1,0 +1,51 @@
+"""What the gate, the engine replica's hot path and the routes tell each other about a request.
+
+They share it in the ASGI scope's `state` (the dict Starlette's `request.state`
+reads and writes), and only through these functions:
+- the API key the gate found (None with auth off): the routes check the key's
+  models with it, the Batch API files a file or batch under it;
+- the LLM that served the request (for a RAG chat, the answering model): the
+  usage row names it, the proxy's stream guard learns it from the usage header;
+- whether the engine's usage event is to be dropped: Ember asked the engine for
+  it (to meter a stream) and the client did not.
+
+`scope` is an ASGI scope; a route passes `request.scope`. Light: no imports, so
+the gate and the serving layer above it can both use it.
+"""
+
+from __future__ import annotations
+
+_KEY = "ember_key"
+_SERVED_MODEL = "ember_served_model"
+_STRIP_USAGE = "ember_strip_usage"
+
+
+def state_of(scope: dict) -> dict:
+    """The request's state (created empty if the scope has none yet)."""
+    return scope.setdefault("state", {})
+
+
+def set_key(scope: dict, key) -> None:
+    state_of(scope)[_KEY] = key
+
+
+def key_of(scope: dict):
+    """The ApiKey the gate found for this request (None with auth off)."""
+    return state_of(scope).get(_KEY)
+
+
+def set_served_model(scope: dict, model: str) -> None:
+    state_of(scope)[_SERVED_MODEL] = model
+
+
+def served_model_of(scope: dict) -> str | None:
+    return state_of(scope).get(_SERVED_MODEL)
+
+
+def set_strip_usage(scope: dict) -> None:
+    """The engine will send a usage event the client did not ask for: the gate drops it."""
+    state_of(scope)[_STRIP_USAGE] = True
+
+
+def strips_usage(scope: dict) -> bool:
+    return bool(state_of(scope).get(_STRIP_USAGE))
