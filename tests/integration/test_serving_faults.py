@@ -39,11 +39,14 @@ def engine_replicas() -> list:
 
 
 def unfinished_requests() -> list[int]:
-    """Each call lands on one of the replicas; a few calls see both."""
+    """Each call lands on one of the replicas. Sent one after another, every call would
+    go to the idle replica (Serve routes to the shorter queue); sent together, they fill
+    the idle replica's queue and spread over both."""
     from ray import serve
 
     handle = serve.get_deployment_handle(DEPLOYMENT, app_name="ember")
-    return [handle.unfinished_requests.remote().result(timeout_s=30) for _ in range(8)]
+    calls = [handle.unfinished_requests.remote() for _ in range(16)]
+    return [call.result(timeout_s=30) for call in calls]
 
 
 def chat_body(max_tokens: int) -> dict:

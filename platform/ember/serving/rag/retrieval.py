@@ -33,6 +33,7 @@ from ember.serving.rag.prompt import Source
 
 logger = logging.getLogger("ember.retrieval")
 MODES = ("dense", "keyword", "hybrid")
+URI_CHECK_S = 10.0
 
 
 class RetrievalError(Exception):
@@ -72,6 +73,7 @@ class Retriever:
         self.score_threshold = score_threshold
         self.settings = settings or SearchSettings()
         self._store = None
+        self._uri_checked = 0.0
         self._model = None
         self._reranker = None
         self._reranker_error: str | None = None
@@ -82,12 +84,23 @@ class Retriever:
 
     # --- connections and models (loaded on first use, in worker threads) ------------
     def store(self):
-        """Connect on first use (a Lite file is shared through its Ray actor)."""
-        if self._store is None:
-            from ember.vectorstore.lite_server import shared_uri
-            from ember.vectorstore.milvus import MilvusStore, default_uri
+        """Connect on first use (a Lite file is shared through its Ray actor).
 
-            self._store = MilvusStore(shared_uri(self.milvus_uri or default_uri()))
+        A restarted Milvus Lite server comes back on its port, but if that port was
+        taken it listens on another: every `URI_CHECK_S` the server's URI is asked
+        again, and a changed one gets a new client.
+        """
+        from ember.vectorstore.lite_server import shared_uri
+        from ember.vectorstore.milvus import MilvusStore, default_uri
+
+        now = time.monotonic()
+        if self._store is None or now - self._uri_checked > URI_CHECK_S:
+            self._uri_checked = now
+            uri = shared_uri(self.milvus_uri or default_uri())
+            if self._store is None or self._store.uri != uri:
+                if self._store is not None:
+                    logger.warning("the vector store moved to %s: reconnecting", uri)
+                self._store = MilvusStore(uri)
         return self._store
 
     def model(self):

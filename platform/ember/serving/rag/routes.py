@@ -17,6 +17,7 @@ metrics (`ember.access.telemetry`: `ray_ember_rag_requests_total`,
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from fastapi import Request
 from starlette.responses import JSONResponse, Response
@@ -32,6 +33,7 @@ from ember.serving.rag.prompt import ContextTooLong, fit_sources
 from ember.serving.rag.protocol import GenerateRequest, RagGenerateRequest, RetrieveRequest
 from ember.serving.rag.retrieval import RetrievalError, Retriever
 
+logger = logging.getLogger("ember.rag")
 RAG_ROUTES = {
     "retrieve": lambda app: app.post("/v1/retrieve"),
     "generate": lambda app: app.post("/generate"),
@@ -56,7 +58,13 @@ class RAGRoutes(OpenAIRoutes):
     # --- OpenAI routes -------------------------------------------------------
     async def models(self) -> ModelList:
         listed = await super().models()
-        extra = [RAG_MODEL] + [f"{RAG_MODEL}:{c}" for c in await self._collections()]
+        try:
+            collections = await self._collections()
+        except Exception as exc:  # noqa: BLE001 - the models still answer; /health says why
+            logger.warning("/v1/models without collections: the vector store did not "
+                           "answer (%s)", exc)
+            collections = []
+        extra = [RAG_MODEL] + [f"{RAG_MODEL}:{c}" for c in collections]
         listed.data += [ModelCard(id=name, object="model", owned_by="ember", permission=[],
                                   metadata={"kind": "rag", "generator": self.answering["model"]})
                         for name in extra]
