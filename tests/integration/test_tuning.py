@@ -1,9 +1,11 @@
 """Sweeps for real: Ray Tune + Optuna + ASHA over the SFT job, MLflow parent/child runs.
 
-Trials train the LoRA job on the small random model of test_training.py (a few
-steps each), one trial at a time so the order ASHA sees is fixed: a sound
-config first, then one with a learning rate far too high (stopped at its first
-evaluation), then one whose config crashes, then Optuna's own proposals.
+Trials train the LoRA job on the small random model of test_training.py (four
+steps each, evaluated at steps 2 and 4), one trial at a time so the order ASHA
+sees is fixed: a sound config first, then one with a learning rate far too high
+(stopped at its first evaluation), then one whose config crashes, then one
+proposal of Optuna's own. Each trial starts its own Ray Train run (most of its
+time), so each sweep runs the fewest trials that show its claims.
 """
 
 from __future__ import annotations
@@ -31,13 +33,18 @@ GOOD = {"train.lr": 3e-3, "method.lora.r": 8, "method.lora.dropout": 0.0,
         "train.warmup_steps": 0}
 TOO_HIGH = {**GOOD, "train.lr": 2.0}
 CRASHES = {**GOOD, "method.lora.dropout": 1.5}  # outside LoRA's [0, 1): the trial's job is refused
+# Evaluations count Tune reports, one per eval_every (2) steps: the base model's evaluation
+# at step 0 is logged to MLflow, not reported. 4 steps = 2 evaluations, so ASHA's max_t is 2
+# and its rungs are at 1 and 2: TOO_HIGH is compared with GOOD at evaluation 1 and stopped,
+# and a trial stopped there (1 of 2 evaluations) reads "stopped early".
+STEPS = 4
 
 
 def sweep_yaml(tmp: Path, mlflow_uri: str, name: str, points: list[dict], samples: int) -> Path:
     data = {
         "name": name, "base_job": str(REPO / "cluster" / "jobs" / "sft-lora-cpu.yaml"),
         "overrides": {"model": TINY_MODEL,
-                      "train": {"max_steps": 6, "eval_every": 2, "log_every": 2,
+                      "train": {"max_steps": STEPS, "eval_every": 2, "log_every": 2,
                                 "eval_batches": 2, "batch_size": 4, "grad_accum": 1},
                       "scaling": {"resources_per_worker": {"CPU": 1}},
                       "tracking": {"uri": mlflow_uri, "register_as": None}},
@@ -68,7 +75,7 @@ def sweep(ray_cluster, tmp_path_factory, mlflow_uri):
     from ember.tuning.sweep import load_sweep_config, run_sweep
 
     tmp = tmp_path_factory.mktemp("sweep")
-    path = sweep_yaml(tmp, mlflow_uri, "tiny-sweep", [GOOD, TOO_HIGH, CRASHES], samples=5)
+    path = sweep_yaml(tmp, mlflow_uri, "tiny-sweep", [GOOD, TOO_HIGH, CRASHES], samples=4)
     config = load_sweep_config(str(path))
     return config, run_sweep(config)
 
@@ -79,7 +86,7 @@ def by_params(rows, params: dict):
 
 def test_sweep_runs_every_trial_and_asha_stops_the_bad_one(sweep):
     _, result = sweep
-    assert len(result.rows) == 5
+    assert len(result.rows) == 4
     assert by_params(result.rows, GOOD).status == "finished"
     stopped = by_params(result.rows, TOO_HIGH)
     assert (stopped.status, stopped.evaluations) == ("stopped early", 1)
@@ -87,11 +94,11 @@ def test_sweep_runs_every_trial_and_asha_stops_the_bad_one(sweep):
     assert result.best is not None and result.best.status == "finished"
 
 
-def test_optuna_proposed_the_other_trials_within_the_space(sweep):
+def test_optuna_proposed_the_other_trial_within_the_space(sweep):
     _, result = sweep
     fixed = [GOOD, TOO_HIGH, CRASHES]
     proposed = [r for r in result.rows if r.params not in fixed]
-    assert len(proposed) == 2
+    assert len(proposed) == 1
     for row in proposed:
         assert 1e-4 <= row.params["train.lr"] <= 1e-2
         assert row.params["method.lora.r"] in (4, 8)
@@ -126,7 +133,11 @@ def test_best_config_is_a_ready_to_run_sft_job(sweep, tmp_path):
     config, result = sweep
     path = Path(result.best_config_path)
     assert path.read_text().startswith(f"# Best trial {result.best.trial_id}")
+    assert load_job_config(str(path)).train.max_steps == STEPS  # the file as written
+    # run for 2 of its steps (one evaluation, at the end): the claim is that the file runs
+    # as an SFT job and exports a model, not how far it trains
     job = load_job_config(str(path), {"output": {"storage_path": str(tmp_path)},
+                                      "train": {"max_steps": 2},
                                       "eval": {"sample_prompts": 0}})
     assert job.train.lr == pytest.approx(result.best.params["train.lr"])
     assert job.method.lora.r == result.best.params["method.lora.r"]
@@ -138,7 +149,9 @@ def test_killed_sweep_is_restored_without_rerunning_finished_trials(ray_cluster,
                                                                      mlflow_uri):
     from mlflow import MlflowClient
 
-    path = sweep_yaml(tmp_path, mlflow_uri, "tiny-restore", [GOOD], samples=3)
+    # two trials: GOOD finishes before the kill; Optuna's proposal, not yet started or cut
+    # short by the kill, runs to its end in the restored sweep
+    path = sweep_yaml(tmp_path, mlflow_uri, "tiny-restore", [GOOD], samples=2)
     command = [sys.executable, "-m", "tune.sweep", "--config", str(path)]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -156,7 +169,7 @@ def test_killed_sweep_is_restored_without_rerunning_finished_trials(ray_cluster,
     trial_runs = [r.data.tags["ember.trial"] for r in runs if "ember.trial" in r.data.tags]
     for trial_id in finished:
         assert trial_runs.count(trial_id) == 1, f"finished trial {trial_id} ran again"
-    assert len(set(trial_runs)) == 3
+    assert len(set(trial_runs)) == 2
 
 
 def wait_for_finished_trial(folder: Path, process, timeout_s: float = 600) -> list[str]:
