@@ -2,10 +2,7 @@
 
 The session's service has small Batch API ceilings (conftest: 300 lines, 1 MB,
 8 requests per synchronous batch). Batches run one at a time, each through its
-own vLLM engine on Ray Data LLM (about a minute to start on CPU), so the module runs
-two: one 200-line batch whose runner is killed once results arrive and which the next
-look resumes and completes (two engine starts; most tests read it), and one that is
-cancelled part-way.
+own vLLM engine on Ray Data LLM.
 """
 
 from __future__ import annotations
@@ -13,17 +10,13 @@ from __future__ import annotations
 import io
 import json
 import time
-from pathlib import Path
-from typing import NamedTuple
 
 import httpx
 import openai
 import pytest
-from openai.types import Batch, FileObject
 
 MODEL = "smollm2-135m-instruct"
 DONE = ("completed", "failed", "cancelled", "expired")
-COUNT = 200  # good lines in the shared batch, r0 .. r199
 
 
 def chat_line(custom_id: str, content: str, **body) -> str:
@@ -47,15 +40,14 @@ def wait_for(client, batch_id: str, until, timeout_s: float = 900, every_s: floa
     raise AssertionError(f"batch {batch_id} still {batch.status}: {batch.request_counts}")
 
 
-def short_then_long(prefix: str, count: int = 150, short: int = 64,
-                    short_tokens: int = 1) -> list[str]:
-    """`short` lines of at most `short_tokens` tokens, then lines that must run 64: the
-    engine batches holding the short lines finish (and their results are written) while
-    the long ones still run, so a test can act on a batch that is part-way through. Ray
-    Data hands back a block (>= batch_size rows, 32 by default) at a time: `short` must
+def short_then_long(prefix: str, count: int = 150, short: int = 64) -> list[str]:
+    """`short` one-token lines, then lines that must run 64 tokens: the engine batches
+    holding the short lines finish (and their results are written) while the long
+    ones still run, so a test can act on a batch that is part-way through. Ray Data
+    hands back a block (>= batch_size rows, 32 by default) at a time: `short` must
     fill at least the first block."""
     return [chat_line(f"{prefix}{i}", f"Describe colour number {i}.",
-                      **({"max_tokens": short_tokens} if i < short else
+                      **({"max_tokens": 1} if i < short else
                          {"max_tokens": 64, "ignore_eos": True}))
             for i in range(count)]
 
@@ -64,43 +56,9 @@ def lines_of(client, file_id: str) -> list[dict]:
     return [json.loads(x) for x in client.files.content(file_id).text.splitlines()]
 
 
-def written_results(path: Path) -> dict[str, str]:
-    """The results a runner has appended so far: result id by custom_id (a line still
-    being written is left out, as the resumed runner leaves it out)."""
-    records = {}
-    for text in path.read_text().splitlines():
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError:
-            continue
-        records[record["custom_id"]] = record["id"]
-    return records
-
-
-class SharedBatch(NamedTuple):
-    source: FileObject  # the uploaded input file
-    running: Batch  # the batch when its runner was killed
-    before: dict[str, str]  # the results written by then: result id by custom_id
-    batch: Batch  # the batch once finished
-
-
-# The shared batch's two waits (up to 600 s each) count toward whichever test sets it up
-# first, on top of that test's own work (the cancelled batch's wait: up to 600 s).
-SETS_UP_THE_SHARED_BATCH = pytest.mark.timeout(1800)
-
-
 @pytest.fixture(scope="module")
-def shared_batch(openai_client, ray_cluster, local_app_args) -> SharedBatch:
-    """COUNT good lines and 2 bad ones through the SDK; its runner killed once results
-    arrive, the next GET starts a new one, which resumes and completes the batch.
-
-    The first 100 lines are short and the rest run 64 tokens (short_then_long), so the
-    kill lands while the batch is part-way through.
-    """
-    import ray
-    from ember.batch.service import runner_name
-
-    lines = short_then_long("r", COUNT, short=100, short_tokens=8)
+def finished_batch(openai_client):
+    lines = [chat_line(f"r{i}", f"Say the word number {i}.") for i in range(200)]
     lines.insert(10, "{this line is broken")
     lines.insert(100, chat_line("wrong-model", "hi", model="no-such-model"))
     source = upload(openai_client, lines)
@@ -108,36 +66,24 @@ def shared_batch(openai_client, ray_cluster, local_app_args) -> SharedBatch:
                                          endpoint="/v1/chat/completions",
                                          completion_window="24h", metadata={"suite": "api"})
     assert batch.status == "validating" and batch.request_counts.total == 202
-    running = wait_for(openai_client, batch.id, timeout_s=600, every_s=0.5,
-                       until=lambda b: b.request_counts.completed >= 1 or b.status in DONE)
-    assert running.status == "in_progress", f"finished before its runner was killed: {running}"
-    ray.kill(ray.get_actor(runner_name(batch.id), namespace="ember"))
-    # what the killed runner wrote (ember.batch.service.results_path); lines it may still
-    # write while it dies are not compared
-    files_dir = Path(local_app_args["batch"]["files_dir"])
-    before = written_results(files_dir / f"{batch.id}.results.jsonl")
-    done = wait_for(openai_client, batch.id, lambda b: b.status in DONE,  # GET restarts it
-                    timeout_s=600)
-    return SharedBatch(source, running, before, done)
+    return source, wait_for(openai_client, batch.id, lambda b: b.status in DONE)
 
 
-@SETS_UP_THE_SHARED_BATCH
-def test_a_200_line_batch_completes_through_the_sdk(openai_client, shared_batch):
-    source, _, _, batch = shared_batch
+def test_a_200_line_batch_completes_through_the_sdk(openai_client, finished_batch):
+    source, batch = finished_batch
     assert batch.status == "completed", batch.errors
-    assert batch.request_counts.completed == COUNT and batch.request_counts.failed == 2
+    assert batch.request_counts.completed == 200 and batch.request_counts.failed == 2
     assert batch.metadata == {"suite": "api"} and batch.input_file_id == source.id
     out = lines_of(openai_client, batch.output_file_id)
-    assert [r["custom_id"] for r in out] == [f"r{i}" for i in range(COUNT)]
+    assert [r["custom_id"] for r in out] == [f"r{i}" for i in range(200)]
     first = out[0]["response"]
     assert first["status_code"] == 200
     assert first["body"]["choices"][0]["message"]["content"].strip()
     assert first["body"]["usage"]["completion_tokens"] <= 8
 
 
-@SETS_UP_THE_SHARED_BATCH
-def test_bad_lines_are_in_the_error_file(openai_client, shared_batch):
-    batch = shared_batch.batch
+def test_bad_lines_are_in_the_error_file(openai_client, finished_batch):
+    _, batch = finished_batch
     errors = lines_of(openai_client, batch.error_file_id)
     assert len(errors) == 2
     by_id = {e["custom_id"]: e for e in errors}
@@ -146,13 +92,12 @@ def test_bad_lines_are_in_the_error_file(openai_client, shared_batch):
     assert by_id[None]["line"] == 11 and "not JSON" in by_id[None]["error"]["message"]
 
 
-@SETS_UP_THE_SHARED_BATCH
-def test_listing_and_files_belong_to_the_key(openai_client, shared_batch, base_url,
+def test_listing_and_files_belong_to_the_key(openai_client, finished_batch, base_url,
                                              access_url):
     from ember.access.keys import create_key
     from openai import OpenAI
 
-    batch = shared_batch.batch
+    _, batch = finished_batch
     assert batch.id in [b.id for b in openai_client.batches.list(limit=10).data]
     assert openai_client.files.retrieve(batch.output_file_id).purpose == "batch_output"
     key, _ = create_key(access_url, "batch-outsider")
@@ -191,14 +136,12 @@ def test_bad_uploads_and_batches_get_clear_4xx(openai_client):
         openai_client.batches.retrieve("batch_nope")
 
 
-# after the shared batch: batches run one at a time, and this one must run at once
-@SETS_UP_THE_SHARED_BATCH
-def test_a_cancelled_batch_keeps_its_results(openai_client, shared_batch):
+def test_a_cancelled_batch_keeps_its_results(openai_client, finished_batch):
     source = upload(openai_client, short_then_long("c"))
     batch = openai_client.batches.create(input_file_id=source.id,
                                          endpoint="/v1/chat/completions",
                                          completion_window="24h")
-    running = wait_for(openai_client, batch.id, timeout_s=600, every_s=0.5,
+    running = wait_for(openai_client, batch.id, every_s=0.5,
                        until=lambda b: b.request_counts.completed >= 16 or b.status in DONE)
     assert running.status == "in_progress"
     cancelled = openai_client.batches.cancel(batch.id)
@@ -211,18 +154,26 @@ def test_a_cancelled_batch_keeps_its_results(openai_client, shared_batch):
         openai_client.batches.cancel(batch.id)
 
 
-@SETS_UP_THE_SHARED_BATCH
-def test_a_batch_whose_runner_died_resumes(openai_client, shared_batch):
+# Longer than the suite's ceiling (pyproject.toml): two waits of up to 900 s each (wait_for).
+@pytest.mark.timeout(1800)
+def test_a_batch_whose_runner_died_resumes(openai_client, ray_cluster, finished_batch):
     """A restart (here: the runner actor killed) loses no work and repeats none."""
-    _, running, before, done = shared_batch
-    assert running.status == "in_progress" and running.request_counts.completed < COUNT
-    assert done.status == "completed" and done.request_counts.completed == COUNT
+    import ray
+    from ember.batch.service import runner_name
+
+    count = 150
+    source = upload(openai_client, short_then_long("k", count))
+    batch = openai_client.batches.create(input_file_id=source.id,
+                                         endpoint="/v1/chat/completions",
+                                         completion_window="24h")
+    running = wait_for(openai_client, batch.id, every_s=0.5,
+                       until=lambda b: b.request_counts.completed >= 1 or b.status in DONE)
+    assert running.status == "in_progress" and running.request_counts.completed < count
+    ray.kill(ray.get_actor(runner_name(batch.id), namespace="ember"))
+    done = wait_for(openai_client, batch.id, lambda b: b.status in DONE)  # GET restarts it
+    assert done.status == "completed" and done.request_counts.completed == count
     out = lines_of(openai_client, done.output_file_id)
-    assert [r["custom_id"] for r in out] == [f"r{i}" for i in range(COUNT)]
-    assert set(before) - {"wrong-model"}  # the killed runner had written results
-    results = out + lines_of(openai_client, done.error_file_id)
-    kept = {r["custom_id"]: r["id"] for r in results if r["custom_id"] in before}
-    assert kept == before  # what the killed runner wrote is what the batch returns
+    assert [r["custom_id"] for r in out] == [f"k{i}" for i in range(count)]
 
 
 def test_synchronous_batch_answers_in_order(base_url, auth):
