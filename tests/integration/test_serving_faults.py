@@ -27,6 +27,7 @@ import pytest
 
 from tests.integration.conftest import MODEL
 from tests.integration.keys import AUTH
+from tests.integration.test_service_actors import count_usage
 
 DEPLOYMENT = f"LLMServer:{MODEL}"
 
@@ -88,18 +89,6 @@ def service_pids() -> dict[str, tuple]:
 
     return {a["name"]: (a["pid"], a["placement_group_id"]) for a in service_actors()
             if a["state"] == "ALIVE" and not a["name"].startswith("batch")}
-
-
-def usage_count(access_url: str, key_id: int) -> int:
-    import sqlalchemy as sa
-    from ember.access.store import engine_for
-
-    engine = engine_for(access_url)
-    with engine.connect() as connection:
-        count = connection.execute(sa.text("SELECT count(*) FROM usage WHERE key_id = :k"),
-                                   {"k": key_id}).scalar()
-    engine.dispose()
-    return count
 
 
 def survivors(processes: list) -> list:
@@ -193,9 +182,9 @@ def test_a_replica_killed_under_load_ends_every_stream_and_the_service_recovers(
     assert service_pids() == services
     assert all(group is None for _, group in services.values()), services
     deadline = time.time() + 60
-    while usage_count(access_url, record.id) < sent and time.time() < deadline:
+    while count_usage(access_url, record.id) < sent and time.time() < deadline:
         time.sleep(1)
-    assert usage_count(access_url, record.id) == sent
+    assert count_usage(access_url, record.id) == sent
     print(f"{sent} requests of the limited key, {sent} usage rows")
 
 
