@@ -363,28 +363,6 @@ def checkpoint_files(run_dir: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in run_dir.glob("checkpoint_*/**/*") if p.is_file()}
 
 
-# --- bad input ---------------------------------------------------------------------------
-
-
-def test_invalid_lines_stop_the_job_before_any_worker(ray_cluster, tmp_path, mlflow_uri):
-    from ember.training.prepared_data import DatasetRejected
-
-    bad = REPO / "tests" / "assets" / "sft" / "bad.jsonl"
-    config = job("sft-lora-cpu.yaml", tmp_path, mlflow_uri, name="refused",
-                 data={"path": str(bad), "on_invalid": "stop"})
-    with pytest.raises(DatasetRejected, match=r"line \d+"):
-        run(config)
-    assert not (tmp_path / "store").exists()
-
-
-def test_unknown_config_key_is_named_before_ray(tmp_path):
-    from ember.config.loading import ConfigError
-
-    with pytest.raises(ConfigError, match="unknown key 'train.learning_rate'"):
-        job("sft-lora-cpu.yaml", tmp_path, "sqlite:///unused.db",
-            train={"learning_rate": 1e-4})
-
-
 # --- back to serving ---------------------------------------------------------------------
 
 
