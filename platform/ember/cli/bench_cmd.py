@@ -23,6 +23,10 @@ def register(commands) -> None:
     serve.add_argument("--concurrency", default="1,32,64,128", help="comma-separated levels")
     serve.add_argument("--requests", type=int, help="requests per level (default 2x, min 8)")
     serve.add_argument("--max-tokens", type=int, default=64)
+    serve.add_argument("--clients", type=int, metavar="N",
+                       help="client processes that share each level's streams and requests "
+                            "(default: automatic, one per 32 streams, at most half the "
+                            "machine's cores; 1 runs in this process; a soak uses one)")
     serve.add_argument("--repeat", type=int, default=1,
                        help="rounds per level (targets alternate); medians are reported")
     serve.add_argument("--baseline", metavar="LABEL",
@@ -87,9 +91,15 @@ def run_serve(args) -> int:
         return run_soak(args, targets, levels)
     if args.baseline and args.baseline not in {t.label for t in targets}:
         raise EmberError(f"--baseline '{args.baseline}' is not one of the targets' labels")
+    if args.clients is not None and args.clients < 1:
+        raise EmberError("--clients must be at least 1")
     rows = asyncio.run(run_bench(targets, levels, args.requests, args.max_tokens,
-                                 repeat=args.repeat))
+                                 repeat=args.repeat, clients=args.clients))
     print(format_table(rows))
+    for row in rows:
+        if row["errors"]:
+            print(f"  {row['target']} c={row['concurrency']} round {row['round']}: "
+                  f"{row['errors']} errors, the first: {row['first_error']}")
     summary = medians(rows, args.baseline)
     if args.repeat > 1 or args.baseline:
         print(f"\nmedians over {args.repeat} round(s)"
