@@ -91,12 +91,15 @@ class AsyncClient:
         async with self._http.stream("POST", path, json=body) as response:
             if response.status_code >= 400:
                 t.raise_for_error(response.status_code, (await response.aread()).decode())
-            async for line in response.aiter_lines():
-                event = t.parse_sse_line(line)
-                if event is t.SSE_DONE:
-                    return
-                if event is not None:
-                    yield event
+            try:
+                async for line in response.aiter_lines():
+                    event = t.parse_sse_line(line)
+                    if event is t.SSE_DONE:
+                        return
+                    if event is not None:
+                        yield event
+            except httpx.TransportError as exc:  # the connection was cut mid-stream
+                raise t.stream_cut(exc) from exc
         raise t.stream_cut()
 
     async def _post(self, path: str, body: dict) -> dict:

@@ -107,7 +107,10 @@ class Client:
         with self._http.stream("POST", path, json=body) as response:
             if response.status_code >= 400:
                 t.raise_for_error(response.status_code, response.read().decode())
-            yield from t.sse_events(response.iter_lines())
+            try:
+                yield from t.sse_events(response.iter_lines())
+            except httpx.TransportError as exc:  # the connection was cut mid-stream
+                raise t.stream_cut(exc) from exc
 
     def _post(self, path: str, body: dict) -> dict:
         response = self._http.post(path, json=body)

@@ -198,9 +198,12 @@ def sse_events(lines: Iterable[str]) -> Iterable[dict[str, Any]]:
     raise stream_cut()
 
 
-def stream_cut() -> EmberAPIError:
-    return EmberAPIError(502, "The stream ended before [DONE]: the answer is incomplete.",
-                         "server_error")
+def stream_cut(cause: Exception | None = None) -> EmberAPIError:
+    """A stream that ended before [DONE]: cleanly (a proxy that closed it) or with its
+    connection cut (`cause`: what the HTTP client raised, e.g. an incomplete chunked body)."""
+    how = f" (the connection was cut: {cause})" if cause is not None else ""
+    return EmberAPIError(502, f"The stream ended before [DONE]{how}: the answer is "
+                              f"incomplete.", "server_error")
 
 
 SSE_DONE = object()  # sentinel: the stream said [DONE]
