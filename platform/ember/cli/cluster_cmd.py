@@ -6,6 +6,8 @@ import os
 import time
 from pathlib import Path
 
+from ember.cluster.environment import DEFAULT_INGRESS, INGRESS_ENV
+
 DASHBOARD = "http://127.0.0.1:8265"
 
 
@@ -19,6 +21,11 @@ def register(commands) -> None:
         help="logical CPUs of the head (default: sized from the config, at least 8)",
     )
     up.add_argument("--timeout", type=float, default=1200, help="seconds to wait for healthy")
+    up.add_argument("--ingress", choices=sorted(INGRESS_ENV), default=DEFAULT_INGRESS,
+                    help="how HTTP reaches the engine replicas: 'haproxy' (Serve's HAProxy "
+                         "ingress, straight to each replica's HTTP server) or 'proxy' "
+                         "(Serve's Python proxy); docs/architecture.md, 'Serving hot path'. "
+                         f"Default {DEFAULT_INGRESS}")
     up.set_defaults(func=run_up)
     status = commands.add_parser("status", help="the cluster, applications and models")
     status.set_defaults(func=run_status)
@@ -53,7 +60,7 @@ def run_up(args) -> int:
     else:
         local.check_ports_free({"Serve HTTP": (host, port)})
         num_cpus = args.num_cpus or max(8, cpus_needed(config) + 2)
-        local.start_head(num_cpus)
+        local.start_head(num_cpus, args.ingress)
     _ensure_keys(config)
     print(f"deploying {config_path} ...")
     local.serve_deploy(config_path, DASHBOARD)

@@ -22,11 +22,31 @@ CLIENT_ENV = {"RAY_AUTH_MODE": "token", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_
 #   ASGI app) on the replica's own event loop and the proxy's router on the
 #   proxy's loop, no thread hops; the proxy streams from replicas over gRPC
 #   instead of one Ray object per ASGI message.
-NODE_ENV = {
+_NODE_BASE = {
     "RAY_process_group_cleanup_enabled": "true",
-    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "ember.serving.proxy_guard:proxy_middlewares",
     "RAY_worker_niceness": "0",
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-    "RAY_SERVE_PROXY_USE_GRPC": "1",
 }
+# How HTTP reaches the engine replicas (docs/architecture.md, "Serving hot path"):
+# - "proxy": Serve's Python proxy on each node, with Ember's stream guard;
+# - "haproxy": Serve's HAProxy ingress (Ray 2.56+): HAProxy on each node forwards each
+#   request to an engine replica's own HTTP server (Serve's direct ingress), no Python
+#   process and no Ray hop in between.
+INGRESS_ENV = {
+    "proxy": {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH":
+              "ember.serving.proxy_guard:proxy_middlewares",
+              "RAY_SERVE_PROXY_USE_GRPC": "1"},
+    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+}
+DEFAULT_INGRESS = "proxy"
+
+
+def node_env(ingress: str = DEFAULT_INGRESS) -> dict[str, str]:
+    """What `ray start` needs on a node serving Ember with this ingress."""
+    if ingress not in INGRESS_ENV:
+        raise ValueError(f"unknown ingress '{ingress}': one of {', '.join(INGRESS_ENV)}")
+    return {**_NODE_BASE, **INGRESS_ENV[ingress]}
+
+
+NODE_ENV = node_env()

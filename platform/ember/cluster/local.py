@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from ember.cluster.environment import CLIENT_ENV, NODE_ENV
+from ember.cluster.environment import CLIENT_ENV, DEFAULT_INGRESS, node_env
 from ember.config.paths import cluster_state_dir
 from ember.errors import ClusterError
 
@@ -76,12 +76,12 @@ def check_ports_free(ports: dict[str, tuple[str, int]]) -> None:
         )
 
 
-def start_head(num_cpus: int, progress=print) -> None:
+def start_head(num_cpus: int, ingress: str = DEFAULT_INGRESS, progress=print) -> None:
     check_ports_free(
         {"Ray GCS": ("0.0.0.0", GCS_PORT), "Ray dashboard": ("127.0.0.1", DASHBOARD_PORT)}
     )
     ensure_auth_token(progress)
-    progress(f"starting a local Ray head with {num_cpus} logical CPUs ...")
+    progress(f"starting a local Ray head with {num_cpus} logical CPUs ({ingress} ingress) ...")
     cmd = [
         ray_bin("ray"),
         "start",
@@ -91,11 +91,12 @@ def start_head(num_cpus: int, progress=print) -> None:
         f"--dashboard-port={DASHBOARD_PORT}",
         "--disable-usage-stats",
     ]
-    result = subprocess.run(cmd, env={**NODE_ENV, **client_env()}, capture_output=True,
+    result = subprocess.run(cmd, env={**node_env(ingress), **client_env()}, capture_output=True,
                             text=True)
     if result.returncode != 0:
         raise ClusterError(f"`ray start --head` failed:\n{result.stdout}{result.stderr}")
-    _write_state({"started_by_ember": True, "num_cpus": num_cpus, "started_at": time.time()})
+    _write_state({"started_by_ember": True, "num_cpus": num_cpus, "ingress": ingress,
+                  "started_at": time.time()})
 
 
 def auth_token_source() -> str | None:
