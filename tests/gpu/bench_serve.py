@@ -86,11 +86,19 @@ def start_vllm(folder: Path, log: Path) -> subprocess.Popen:
 
 
 def start_ember(folder: Path, mode: str, log: Path) -> None:
+    """A Ray head with Ember's node environment for `mode`, then the app deployed by a
+    separate driver (`--deploy`): each mode gets a fresh Ray and a fresh Serve client."""
     from ember.cluster.environment import node_env
 
     env = {**os.environ, **node_env(mode)}
-    subprocess.run([*RAY_CLI, "start", "--head", "--num-cpus=8", "--disable-usage-stats"],
-                   env=env, check=True, stdout=log.open("a"), stderr=subprocess.STDOUT)
+    with log.open("a") as out:
+        subprocess.run([*RAY_CLI, "start", "--head", "--num-cpus=8", "--disable-usage-stats"],
+                       env=env, check=True, stdout=out, stderr=subprocess.STDOUT)
+        subprocess.run([sys.executable, __file__, "--deploy", str(folder)], env=env,
+                       check=True, stdout=out, stderr=subprocess.STDOUT, timeout=300)
+
+
+def deploy(folder: Path) -> None:
     import ray
     from ember.serving.config import LLMAppConfig
     from ember.serving.llm_app import build_llm_app
@@ -107,9 +115,6 @@ def start_ember(folder: Path, mode: str, log: Path) -> None:
 
 
 def stop_ember() -> None:
-    import ray
-
-    ray.shutdown()
     subprocess.run([*RAY_CLI, "stop", "--force"], capture_output=True)
 
 
@@ -160,7 +165,7 @@ def serving_processes(vllm_pid: int) -> dict[str, list[int]]:
     roles: dict[str, list[int]] = {"vllm api server": [vllm_pid]}
     roles["vllm engine core"] = [p for p in descendants(vllm_pid, table)
                                  if "EngineCore" in table[p][1]]
-    replicas = [p for p, (_, cmd) in table.items() if "ServeReplica:ember" in cmd]
+    replicas = [p for p, (_, cmd) in table.items() if "ServeReplica:ember:LLMServer" in cmd]
     roles["ember replica"] = replicas
     roles["ember engine core"] = [p for r in replicas for p in descendants(r, table)
                                   if "EngineCore" in table[p][1]]
@@ -227,23 +232,33 @@ def start_profiles(roles: dict[str, list[int]], which: list[str], seconds: float
     return running
 
 
-def summarise_profile(raw: Path, seconds: float, rate: int = 200, top: int = 30) -> str:
-    """Inclusive share per function (file:function, lines dropped) of py-spy's samples."""
-    inclusive, total = Counter(), 0
+GENERIC_FRAMES = ("Thread.run ", "Thread._bootstrap", "<module> ", "Worker.main_loop ",
+                  "BaseEventLoop.run_forever ", "BaseEventLoop._run_once ", "Handle._run ",
+                  "run (asyncio/runners.py)", "Runner.run ")
+
+
+def summarise_profile(raw: Path, seconds: float, rate: int = 200, top: int = 25) -> str:
+    """py-spy's samples per function (file:function, lines dropped): inclusive share (the
+    function or what it called was running) and self share (it was the innermost frame)."""
+    inclusive, leaf, total = Counter(), Counter(), 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
         n = int(count)
         total += n
-        frames = {frame.split(" (")[0] + " (" + frame.split(" (")[-1].split(":")[0] + ")"
-                  for frame in stack.split(";")}
-        for frame in frames:
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0] + ")"
+                  for f in stack.split(";")]
+        for frame in set(frames):
             inclusive[frame] += n
+        leaf[frames[-1]] += n
     lines = [f"{raw.name}: {total} samples in {seconds:.0f}s at {rate}/s "
-             f"(busy {total / (rate * seconds):.0%} of one thread)"]
-    for frame, n in inclusive.most_common(top):
-        lines.append(f"  {n / max(total, 1):6.1%}  {frame}")
+             f"(busy {total / (rate * seconds):.0%} of one thread)", " inclusive:"]
+    shown = [(f, n) for f, n in inclusive.most_common()
+             if not any(f.startswith(g) or g in f for g in GENERIC_FRAMES)][:top]
+    lines += [f"  {n / max(total, 1):6.1%}  {frame}" for frame, n in shown]
+    lines.append(" self:")
+    lines += [f"  {n / max(total, 1):6.1%}  {frame}" for frame, n in leaf.most_common(15)]
     return "\n".join(lines)
 
 
@@ -294,7 +309,14 @@ def main() -> int:
     parser.add_argument("--profile-level", type=int)
     parser.add_argument("--profile-seconds", type=float, default=8)
     parser.add_argument("--vllm-bench", default="", metavar="LEVELS")
+    parser.add_argument("--deadline-s", type=float, default=520,
+                        help="no new level or vllm bench run starts after this (the device "
+                             "machine's command limit is 600 s, set-up included)")
+    parser.add_argument("--deploy", metavar="FOLDER", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.deploy:
+        deploy(Path(args.deploy))
+        return 0
     out = Path(args.out)
     scratch = Path("/tmp/bench-scratch")
     shutil.rmtree(scratch, ignore_errors=True)
@@ -321,6 +343,9 @@ def main() -> int:
             say(f"serving processes: { {r: len(p) for r, p in roles.items()} }")
             rows = []
             for level in levels:
+                if time.time() - STARTED > args.deadline_s:
+                    say(f"past the deadline: c={level} and later levels skipped")
+                    break
                 for round_ in range(rounds):
                     for target in (ember_target, vllm_target):
                         profiling = (level == args.profile_level and round_ == 0)
@@ -355,7 +380,9 @@ def main() -> int:
             (out / "profiles.txt").write_text("\n\n".join(profiles) + "\n")
             if args.vllm_bench and spec == (args.ingress or [spec])[-1]:
                 for level in (int(x) for x in args.vllm_bench.split(",")):
-                    for url in (vllm_target.url, ember_target.url):
+                    for url in (vllm_target.url,):
+                        if time.time() - STARTED > args.deadline_s:
+                            break
                         entry = vllm_bench(folder, url, level, args.max_tokens, scratch)
                         results["vllm_bench"].append(entry)
                         say(f"vllm bench serve {url} c={level}: {entry}")
