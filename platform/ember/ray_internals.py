@@ -66,6 +66,10 @@ LLM_SERVER_PRIVATE_MEMBERS = (
 ACTOR_HANDLE_PRIVATE_MEMBERS = (
     "_actor_id",  # read through `actor_id()`
 )
+# Ray's vLLM engine imports vLLM's Ray stat logger by name when it starts an engine, so
+# `ember.serving.engine_metrics.install()` can put its lean subclass there first; the
+# test checks Ray's engine start still says so.
+ENGINE_STAT_LOGGER_IMPORT = "from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger"
 VLLM_ENGINE_PRIVATE_MEMBERS = (
     "_engine_client",  # read through `engine_client()`
     "build_asgi_app",  # called through `build_engine_asgi_app()`

@@ -71,8 +71,9 @@ def build_model(root: Path) -> Path:
     for item in Path(".gpu/tokenizer").iterdir():
         shutil.copy(item, folder / item.name)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder),
-                                             dtype=torch.bfloat16)
+    with torch.device("cuda"):  # random init on the GPU: a minute less than on the CPU
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder),
+                                                 dtype=torch.bfloat16)
     model.save_pretrained(folder)
     return folder
 

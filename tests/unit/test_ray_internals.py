@@ -128,6 +128,15 @@ def test_vllm_engine_members_ember_reads_exist():
     assert "VLLMEngine" in inspect.getsource(ray_internals.LLMServer._get_default_engine_class)
 
 
+def test_rays_engine_start_still_imports_the_stat_logger_by_name():
+    """`engine_metrics.install()` works only while Ray's engine start imports vLLM's Ray
+    stat logger from its module when it runs (so a replaced class is the one it uses)."""
+    engine_cls = importlib.import_module(VLLM_ENGINE).VLLMEngine
+    source = inspect.getsource(engine_cls._start_async_llm_engine)
+    assert ray_internals.ENGINE_STAT_LOGGER_IMPORT in source
+    assert "stat_loggers=custom_stat_loggers" in source
+
+
 def parameters(function) -> list[str]:
     return list(inspect.signature(function).parameters)
 

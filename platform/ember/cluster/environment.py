@@ -33,20 +33,41 @@ _NODE_BASE = {
 # - "haproxy": Serve's HAProxy ingress (Ray 2.56+): HAProxy on each node forwards each
 #   request to an engine replica's own HTTP server (Serve's direct ingress), no Python
 #   process and no Ray hop in between.
+_STREAM_GUARD = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH":
+                 "ember.serving.proxy_guard:proxy_middlewares"}
 INGRESS_ENV = {
-    "proxy": {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH":
-              "ember.serving.proxy_guard:proxy_middlewares",
-              "RAY_SERVE_PROXY_USE_GRPC": "1"},
-    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+    "proxy": {**_STREAM_GUARD, "RAY_SERVE_PROXY_USE_GRPC": "1"},
+    # HAProxy falls back to Serve's proxy (on port 8500) while no replica is up: guarded too
+    "haproxy": {**_STREAM_GUARD, "RAY_SERVE_PROXY_USE_GRPC": "1",
+                "RAY_SERVE_ENABLE_HA_PROXY": "1"},
 }
 DEFAULT_INGRESS = "proxy"
+HAPROXY_MAXCONN = 4096  # Ray 2.60's default; Ray 2.58's (20,000) needs ~50,000 descriptors
 
 
 def node_env(ingress: str = DEFAULT_INGRESS) -> dict[str, str]:
     """What `ray start` needs on a node serving Ember with this ingress."""
     if ingress not in INGRESS_ENV:
         raise ValueError(f"unknown ingress '{ingress}': one of {', '.join(INGRESS_ENV)}")
-    return {**_NODE_BASE, **INGRESS_ENV[ingress]}
+    env = {**_NODE_BASE, **INGRESS_ENV[ingress]}
+    if ingress == "haproxy":
+        env["RAY_SERVE_HAPROXY_MAXCONN"] = str(haproxy_maxconn())
+    return env
+
+
+def haproxy_maxconn() -> int:
+    """HAProxy's connection ceiling within this machine's file-descriptor limit.
+
+    HAProxy raises its own descriptor limit to about 2.5 per connection at start and
+    refuses to start when the hard limit is lower ("Cannot raise FD limit"): with Ray
+    2.58's default of 20,000 connections it needed 50,036 where the hard limit was 20,000.
+    """
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        return HAPROXY_MAXCONN
+    return max(256, min(HAPROXY_MAXCONN, (hard - 1024) * 2 // 5))
 
 
 NODE_ENV = node_env()

@@ -49,9 +49,13 @@ HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
 class EngineServer(LLMServer):
-    """Ray's LLMServer whose CPU engine worker gets its core first (`cpu_priority`)."""
+    """Ray's LLMServer whose engine records metrics per step and request, not per token
+    (`engine_metrics`), and whose CPU engine worker gets its core first (`cpu_priority`)."""
 
     async def __init__(self, llm_config, *, cpu_worker_niceness: int | None = None) -> None:
+        from ember.serving import engine_metrics
+
+        engine_metrics.install()  # before the engine starts: Ray imports the logger then
         await super().__init__(llm_config)
         from ember.serving.cpu_priority import on_cpu_engine, prioritise_engine_workers
 
