@@ -181,6 +181,32 @@ def test_a_usage_row_delivered_twice_is_written_once(url):
     assert ids == ["a" * 32, "b" * 32]
 
 
+def test_an_open_row_is_replaced_by_its_finished_row_and_nothing_else(url):
+    """An admitted request's open row (status 0) stays until the finished row of its id
+    arrives; a late open row or a second finished row changes nothing."""
+    from ember.access.metering import insert_usage
+
+    store.migrate(url)
+    engine = store.engine_for(url)
+    opened = {"row_id": "o" * 32, "ts": 1.0, "key_id": None, "model": None,
+              "served_model": None, "route": "/v1/chat/completions", "status": 0,
+              "prompt_tokens": 0, "completion_tokens": 0, "latency_s": 0.0, "ttft_s": None,
+              "open": True}
+    finished = {**opened, "status": 200, "model": "m", "served_model": "m",
+                "prompt_tokens": 3, "completion_tokens": 4, "latency_s": 0.5}
+    del finished["open"]
+    cut_short = {**opened, "row_id": "c" * 32}  # its replica died: only the open row
+    insert_usage(engine, [opened, cut_short])
+    insert_usage(engine, [finished])
+    insert_usage(engine, [opened])  # re-sent late
+    insert_usage(engine, [{**finished, "status": 503, "completion_tokens": 1}])  # the guard's
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text(
+            "SELECT row_id, status, prompt_tokens, completion_tokens, model FROM usage "
+            "ORDER BY id")).all()
+    assert [tuple(r) for r in rows] == [("o" * 32, 200, 3, 4, "m"), ("c" * 32, 0, 0, 0, None)]
+
+
 def test_request_state_written_by_a_route_is_read_by_the_gate():
     """The route sees a copy of the gate's scope (the hot path rewrites its headers);
     both share one state dict."""

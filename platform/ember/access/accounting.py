@@ -158,10 +158,11 @@ class KeeperLink:
 
     # --- usage ---------------------------------------------------------------
     def record(self, row: dict) -> None:
-        """A finished request's usage row: queued now, delivered by the outbox task."""
+        """A usage row (a finished request's, or an admitted one's `open` row): queued now,
+        delivered by the outbox task."""
         self._start()
         row.setdefault("row_id", uuid.uuid4().hex)
-        if row.get("key_id") is not None:
+        if row.get("key_id") is not None and not row.get("open"):
             tokens = row.get("prompt_tokens", 0) + row.get("completion_tokens", 0)
             self.local.spend(row["key_id"], tokens, row["ts"])
         self._count_drops(self.outbox.add(row))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 
@@ -48,6 +49,21 @@ OPEN_PATHS = frozenset({"/health"})
 # Serve proxy's stream guard, which writes the row itself if this replica dies before
 # it could (`proxy_guard.record_broken`), and strips the header from the response.
 USAGE_HEADER = b"x-ember-usage"
+
+
+def behind_stream_guard() -> bool:
+    """Whether Serve's proxy runs Ember's stream guard in front of this replica (the
+    `proxy` ingress), the only reader of USAGE_HEADER. Behind HAProxy nothing would strip
+    the header, so it is not sent (ember.cluster.environment sets these variables)."""
+    return ("ember.serving.proxy_guard" in
+            os.environ.get("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "")
+            and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1")
+
+# Generation routes get an open usage row when admitted (status 0, no tokens), replaced
+# by the finished row of the same id: a request whose replica dies while it runs keeps a
+# row. Behind HAProxy no other process sees its stream to write one (docs/operations.md).
+OPEN_ROW_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/generate",
+                            "/rag-generate"})
 
 
 class AccessGate:
@@ -142,6 +158,14 @@ class AccessGate:
             return _over("input", count, self.limits.max_embedding_inputs, what="inputs")
         return None
 
+    def open_row(self, key: ApiKey | None, route: str, meter: UsageMeter) -> None:
+        """The admitted request's row, before it runs (see OPEN_ROW_PATHS)."""
+        self.keeper.record({"row_id": meter.row_id, "ts": time.time(),
+                            "key_id": key.id if key else None, "model": None,
+                            "served_model": None, "route": route, "status": 0,
+                            "prompt_tokens": 0, "completion_tokens": 0, "latency_s": 0.0,
+                            "ttft_s": None, "open": True})
+
     # --- after the route -----------------------------------------------------
     def record(self, key: ApiKey | None, route: str, meter: UsageMeter, started: float) -> None:
         served = served_model_of(meter.scope) if meter.scope is not None else None
@@ -190,30 +214,43 @@ class UsageMeter:
         self._sse = False
         self._json = bytearray()
 
-    def wrap(self, send, scope):
+    def wrap(self, send, scope, refuse_start=None):
+        """`send` watched. `refuse_start()` true when the response starts: that response is
+        dropped (the gate answers instead). One wrapper, no copy of a message it passes
+        unchanged: it runs for every event of every stream (docs/architecture.md)."""
         self.scope = scope
         state_of(scope)  # one state dict, shared by the copies of the scope the app makes
+        dropped = False
 
         async def metered(message) -> None:
-            if message["type"] == "http.response.start":
-                self.status = message["status"]
-                headers = dict(message.get("headers") or [])
-                self._sse = headers.get(b"content-type", b"").startswith(b"text/event-stream")
-                if self.tag:
-                    served = served_model_of(self.scope) or "-"
-                    message = {**message, "headers": [*(message.get("headers") or []), (
-                        USAGE_HEADER, f"{self.tag} {served}".encode())]}
-            elif message["type"] == "http.response.body":
+            nonlocal dropped
+            if message["type"] == "http.response.body":
+                if dropped:
+                    return
                 body = message.get("body", b"")
                 if body and self.first_byte is None:
                     self.first_byte = time.perf_counter()
-                self.strip_usage = strips_usage(self.scope)
                 if self._sse:
-                    message = {**message, "body": self._see_events(body)}
+                    if body:
+                        seen = self._see_events(body)
+                        if seen is not body:
+                            message = {**message, "body": seen}
                 elif len(self._json) < 4_000_000:
                     self._json += body
                     if not message.get("more_body"):
                         self._see_json(bytes(self._json))
+            elif message["type"] == "http.response.start":
+                if refuse_start is not None and refuse_start():
+                    dropped = True
+                    return
+                self.status = message["status"]
+                headers = dict(message.get("headers") or [])
+                self._sse = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+                self.strip_usage = strips_usage(self.scope)  # set before the response starts
+                if self.tag:
+                    served = served_model_of(self.scope) or "-"
+                    message = {**message, "headers": [*(message.get("headers") or []), (
+                        USAGE_HEADER, f"{self.tag} {served}".encode())]}
             await send(message)
         return metered
 
@@ -256,6 +293,7 @@ class AccessMiddleware:
 
     def __init__(self, app, gate: AccessGate) -> None:
         self.app, self.gate = app, gate
+        self.tag_usage = behind_stream_guard()
 
     async def __call__(self, scope, receive, send) -> None:
         gate = self.gate
@@ -272,12 +310,15 @@ class AccessMiddleware:
         if rejection is None:
             rejection = await gate.admit(key)
         meter = UsageMeter()
-        meter.tag = f"{gate.keeper.name} {meter.row_id} {key.id if key else '-'}"
+        if self.tag_usage:
+            meter.tag = f"{gate.keeper.name} {meter.row_id} {key.id if key else '-'}"
         try:
             if rejection is not None:
                 await rejection(scope, receive, meter.wrap(send, scope))
             else:
                 set_key(scope, key)
+                if scope["path"] in OPEN_ROW_PATHS:
+                    gate.open_row(key, scope["path"], meter)
                 await self._run(scope, receive, send, limit, meter)
         finally:  # a stream the client abandoned is recorded too (status as sent)
             gate.record(key, scope["path"], meter, started)
@@ -297,23 +338,13 @@ class AccessMiddleware:
                     return {"type": "http.disconnect"}
             return message
 
-        started = False
-        metered = meter.wrap(send, scope)
-
-        async def guarded_send(message):
-            nonlocal started
-            if over and not started:
-                return  # the 413 below answers instead
-            started = started or message["type"] == "http.response.start"
-            await metered(message)
-
         try:
-            await self.app(scope, bounded_receive, guarded_send)
+            await self.app(scope, bounded_receive, meter.wrap(send, scope, lambda: over))
         except Exception:
             if not over:
                 raise
-        if over and not started:
-            await _body_error(limit)(scope, receive, metered)
+        if over and not meter.status:  # the app's own answer was dropped: the 413 instead
+            await _body_error(limit)(scope, receive, meter.wrap(send, scope))
 
 
 def _too_large(headers: dict[bytes, bytes], limit: tuple[int, str]) -> JSONResponse | None:

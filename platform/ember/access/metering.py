@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib
 import logging
 import time
 from collections import defaultdict, deque
@@ -109,14 +110,16 @@ class QuotaKeeper:
         """Finished requests' usage rows, written before this returns (the acknowledgement).
 
         A row seen before (re-sent after a lost answer) is neither counted nor written
-        again; its tokens count against the key's tpm once.
+        again; its tokens count against the key's tpm once. An `open` row (an admitted
+        request's, status 0) is written, not counted; the finished row of its id replaces it.
         """
         if prices:
             self.prices.update(prices)
         self._start_loops()
         if any("key_hash" in row for row in rows):
             rows = await asyncio.to_thread(self._resolve_keys, rows)
-        fresh = [row for row in rows if row.get("row_id") not in self.seen]
+        fresh = [row for row in rows
+                 if not row.get("open") and row.get("row_id") not in self.seen]
         for row in fresh:
             self._count(row)
         if rows:
@@ -256,27 +259,36 @@ def keeper_name(url: str) -> str:
 
 
 def insert_usage(engine, rows: list[dict]) -> None:
-    """Insert usage rows; a row whose `row_id` is already stored is skipped."""
+    """Insert usage rows by `row_id`: a row whose id is stored is skipped, unless the
+    stored one is still open (status 0), which the new one replaces."""
     table = USAGE
-    if engine.dialect.name == "sqlite":
-        statement = table.insert().prefix_with("OR IGNORE")
-    elif engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-
-        statement = insert(table).on_conflict_do_nothing(index_elements=["row_id"])
-    else:  # other databases: leave out the ids already there, then insert
+    rows = [{k: v for k, v in row.items() if k != "open"} for row in rows]
+    if not rows:
+        return
+    if engine.dialect.name in ("sqlite", "postgresql"):
+        dialect = importlib.import_module(f"sqlalchemy.dialects.{engine.dialect.name}")
+        statement = dialect.insert(table)
+        columns = [c.name for c in table.columns if c.name not in ("id", "row_id")]
+        statement = statement.on_conflict_do_update(
+            index_elements=["row_id"], set_={c: statement.excluded[c] for c in columns},
+            where=table.c.status == 0)
+    else:  # other databases: drop the open rows about to be replaced, skip stored ones
         statement = table.insert()
         rows = _unstored(engine, rows)
-    if rows:
-        with engine.begin() as connection:
-            connection.execute(statement, rows)
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:  # an executemany takes rows of one shape (the guard's differ)
+        groups[tuple(sorted(row))].append(row)
+    with engine.begin() as connection:
+        for group in groups.values():
+            connection.execute(statement, group)
 
 
 def _unstored(engine, rows: list[dict]) -> list[dict]:
     import sqlalchemy as sa
 
     ids = [r["row_id"] for r in rows if r.get("row_id")]
-    with engine.connect() as connection:
+    with engine.begin() as connection:
+        connection.execute(USAGE.delete().where(USAGE.c.row_id.in_(ids), USAGE.c.status == 0))
         stored = set(connection.execute(sa.select(USAGE.c.row_id)
                                         .where(USAGE.c.row_id.in_(ids))).scalars())
     return [r for r in rows if r.get("row_id") not in stored]
