@@ -39,8 +39,12 @@ def ray_cluster():
     # the node's processes get NODE_ENV, as `ember up` starts its head (the proxy's stream
     # guard, Serve's request path); this driver keeps its own: with Serve's router on the
     # caller's loop (a node setting) a test's handle would need an event loop
-    saved = {name: os.environ.get(name) for name in NODE_ENV}
-    os.environ.update(NODE_ENV)
+    # HAProxy's side ports, free ones: the session may run beside `ember up`'s cluster
+    node_env = {**NODE_ENV, "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+                "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+                "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port())}
+    saved = {name: os.environ.get(name) for name in node_env}
+    os.environ.update(node_env)
     ray.init(address="local", num_cpus=8, include_dashboard=True, dashboard_port=free_port(),
              log_to_driver=False)
     for name, value in saved.items():

@@ -106,13 +106,21 @@ def test_both_replicas_embed_queries_with_onnx_runtime(base_url):
     """The fastest query encoder that matches sentence-transformers (docs/rag.md
     "Retrieval"), on each of the session's two replicas: /health names the replica that
     answered, and a replica names its encoder once it has embedded a query."""
-    encoders: dict[str, str | None] = {}
-    deadline = time.monotonic() + 120
-    while (len(encoders) < 2 or None in encoders.values()) and time.monotonic() < deadline:
+    from concurrent.futures import ThreadPoolExecutor
+
+    # HAProxy sends a request to the replica with the fewest open connections, so
+    # requests one after another may all reach the same one: 8 clients at once reach both
+    def ask() -> tuple[str, str | None]:
         httpx.post(headers=AUTH(), url=f"{base_url}/v1/retrieve", json={"query": "fares"},
                    timeout=60).raise_for_status()
         health = httpx.get(f"{base_url}/health", timeout=60).json()
-        encoders[health["replica"]] = health["query_encoder"]
+        return health["replica"], health["query_encoder"]
+
+    encoders: dict[str, str | None] = {}
+    deadline = time.monotonic() + 120
+    with ThreadPoolExecutor(8) as pool:
+        while (len(encoders) < 2 or None in encoders.values()) and time.monotonic() < deadline:
+            encoders.update(pool.map(lambda _: ask(), range(8)))
     assert len(encoders) == 2, f"answers from {len(encoders)} replica(s) in 120 s: {encoders}"
     assert set(encoders.values()) == {"onnx"}, encoders
 

@@ -113,3 +113,25 @@ def test_an_installed_ember_without_cluster_files_says_what_to_do(monkeypatch, t
     monkeypatch.setattr(serve_yaml, "checkout_cluster_dir", lambda: tmp_path / "cluster")
     with pytest.raises(ConfigError, match="--config FILE`, or set EMBER_CLUSTER_DIR"):
         serve_yaml.default_serve_config()
+
+
+def test_cluster_files_start_ray_with_embers_ingress_settings():
+    """`ray up` and KubeRay nodes get what `ember up` gives its head: Serve's HAProxy
+    ingress with its settings (the connection ceiling aside: each machine's own)."""
+    from ember.cluster.environment import ingress_settings
+
+    wanted = {name: value for name, value in ingress_settings().items()
+              if name.startswith("RAY_SERVE_")}
+    launcher = yaml.safe_load((CLUSTER / "ray-cluster.yaml").read_text())
+    starts = launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"]
+    for command in [c for c in starts if "ray start" in c]:
+        given = dict(word.split("=", 1) for word in command.split() if "=" in word
+                     and word.split("=", 1)[0].isupper())
+        assert {n: given.get(n) for n in wanted} == wanted, command
+    service = yaml.safe_load((CLUSTER / "k8s" / "rayservice.yaml").read_text())
+    spec = service["spec"]["rayClusterConfig"]
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for group in groups:
+        env = {e["name"]: e.get("value") for e in
+               group["template"]["spec"]["containers"][0].get("env", [])}
+        assert {n: env.get(n) for n in wanted} == wanted, group.get("groupName", "head")

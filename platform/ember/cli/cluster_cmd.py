@@ -58,7 +58,7 @@ def run_up(args) -> int:
             f"(`ember down` stops it, or `ray stop` if you started it yourself)"
         )
     else:
-        local.check_ports_free({"Serve HTTP": (host, port)})
+        local.check_ports_free({"Serve HTTP": (host, port), **local.ingress_ports(args.ingress)})
         num_cpus = args.num_cpus or max(8, cpus_needed(config) + 2)
         local.start_head(num_cpus, args.ingress)
     _ensure_keys(config)

@@ -33,23 +33,31 @@ _NODE_BASE = {
 # - "haproxy": Serve's HAProxy ingress (Ray 2.56+): HAProxy on each node forwards each
 #   request to an engine replica's own HTTP server (Serve's direct ingress), no Python
 #   process and no Ray hop in between.
-_STREAM_GUARD = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH":
-                 "ember.serving.proxy_guard:proxy_middlewares"}
 INGRESS_ENV = {
-    "proxy": {**_STREAM_GUARD, "RAY_SERVE_PROXY_USE_GRPC": "1"},
-    # HAProxy falls back to Serve's proxy (on port 8500) while no replica is up: guarded too
-    "haproxy": {**_STREAM_GUARD, "RAY_SERVE_PROXY_USE_GRPC": "1",
-                "RAY_SERVE_ENABLE_HA_PROXY": "1"},
+    "proxy": {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH":
+              "ember.serving.proxy_guard:proxy_middlewares",
+              "RAY_SERVE_PROXY_USE_GRPC": "1"},
+    # Ray's high-throughput settings with it (request-path logs buffered, not to stderr;
+    # the garbage collector's start-up objects frozen). No stream guard: Serve would load
+    # it into each replica's own HTTP server too, where it costs every event and guards
+    # nothing (a dead replica takes it along).
+    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
 }
-DEFAULT_INGRESS = "proxy"
+DEFAULT_INGRESS = "haproxy"
 HAPROXY_MAXCONN = 4096  # Ray 2.60's default; Ray 2.58's (20,000) needs ~50,000 descriptors
 
 
-def node_env(ingress: str = DEFAULT_INGRESS) -> dict[str, str]:
-    """What `ray start` needs on a node serving Ember with this ingress."""
+def ingress_settings(ingress: str = DEFAULT_INGRESS) -> dict[str, str]:
+    """The node settings for this ingress that are the same on every machine (the cluster
+    files carry them: tests/unit/test_cluster_configs.py)."""
     if ingress not in INGRESS_ENV:
         raise ValueError(f"unknown ingress '{ingress}': one of {', '.join(INGRESS_ENV)}")
-    env = {**_NODE_BASE, **INGRESS_ENV[ingress]}
+    return {**_NODE_BASE, **INGRESS_ENV[ingress]}
+
+
+def node_env(ingress: str = DEFAULT_INGRESS) -> dict[str, str]:
+    """What `ray start` needs on a node serving Ember with this ingress, on this machine."""
+    env = ingress_settings(ingress)
     if ingress == "haproxy":
         env["RAY_SERVE_HAPROXY_MAXCONN"] = str(haproxy_maxconn())
     return env

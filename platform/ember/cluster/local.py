@@ -76,6 +76,18 @@ def check_ports_free(ports: dict[str, tuple[str, int]]) -> None:
         )
 
 
+def ingress_ports(ingress: str) -> dict[str, tuple[str, int]]:
+    """The fixed ports Serve's HAProxy ingress takes besides the HTTP one (Ray's defaults,
+    or the RAY_SERVE_* settings that move them)."""
+    if ingress != "haproxy":
+        return {}
+    ports = {"HAProxy stats": ("RAY_SERVE_HAPROXY_STATS_PORT", 8404),
+             "HAProxy metrics": ("RAY_SERVE_HAPROXY_METRICS_PORT", 9101),
+             "Serve's fallback proxy": ("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", 8500)}
+    return {what: ("0.0.0.0", int(os.environ.get(name, default)))
+            for what, (name, default) in ports.items()}
+
+
 def start_head(num_cpus: int, ingress: str = DEFAULT_INGRESS, progress=print) -> None:
     check_ports_free(
         {"Ray GCS": ("0.0.0.0", GCS_PORT), "Ray dashboard": ("127.0.0.1", DASHBOARD_PORT)}

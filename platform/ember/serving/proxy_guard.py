@@ -7,7 +7,9 @@ ends the response as if it had finished: a client sees a clean end of an SSE
 stream with no `[DONE]` and no error, and cannot tell a cut-off answer from a
 finished one (issue 11). This pure-ASGI middleware runs in the proxy
 (installed through Serve's `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`, which
-`ember up`, the test cluster and the cluster files set) and:
+`ember up --ingress proxy` sets: `ember.cluster.environment`; behind the default
+HAProxy ingress there is no Python proxy, and a broken stream is a cut connection,
+docs/architecture.md "Serving hot path") and:
 
 - ends an event stream that stopped before `data: [DONE]` with an
   OpenAI-style error event and `[DONE]`;
