@@ -5,17 +5,20 @@ steps each, evaluated at steps 2 and 4), one trial at a time so the order ASHA
 sees is fixed: a sound config first, then one with a learning rate far too high
 (stopped at its first evaluation), then one whose config crashes, then one
 proposal of Optuna's own. Each trial starts its own Ray Train run (most of its
-time), so each sweep runs the fewest trials that show its claims.
+time), so one sweep, killed part-way and restored, shows every claim.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,9 +27,8 @@ import yaml
 from tests.integration.conftest import REPO
 from tests.integration.test_training import TINY_MODEL
 
-# Longer than the suite's ceiling (pyproject.toml): the sweep may run for its
-# time_budget_s (1200 s), paid by whichever test first uses it, and the killed sweep
-# waits up to 600 s for a finished trial and 900 s for the restored run.
+# Longer than the suite's ceiling (pyproject.toml): the sweep waits up to 900 s for two
+# ended trials, then may run for its time_budget_s (1200 s), paid by the first test.
 pytestmark = pytest.mark.timeout(1800)
 
 GOOD = {"train.lr": 3e-3, "method.lora.r": 8, "method.lora.dropout": 0.0,
@@ -70,14 +72,40 @@ def mlflow_uri(tmp_path_factory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow-tune') / 'mlflow.db'}"
 
 
+@dataclass
+class KilledAndRestored:
+    config: object
+    result: object  # ember.tuning.sweep.SweepResult of the restored run
+    ended_before_kill: list[str]  # trial ids Tune had marked TERMINATED when it was killed
+    restored_output: str  # what the restored run printed
+
+
 @pytest.fixture(scope="module")
 def sweep(ray_cluster, tmp_path_factory, mlflow_uri):
+    """The sweep as `python -m tune.sweep`, killed (SIGKILL to its process group) once two
+    trials ended, then run again in this process, which restores it.
+
+    Two ended trials are GOOD (finished) and TOO_HIGH (stopped by ASHA): Tune saves no
+    scheduler state, so the kill comes after ASHA's decision; CRASHES and Optuna's proposal
+    run in the restored sweep (or, cut short by the kill, again). One sweep shows both the
+    sweep's claims and the restore's: each trial is a Ray Train run, most of the time here.
+    """
     from ember.tuning.sweep import load_sweep_config, run_sweep
 
     tmp = tmp_path_factory.mktemp("sweep")
     path = sweep_yaml(tmp, mlflow_uri, "tiny-sweep", [GOOD, TOO_HIGH, CRASHES], samples=4)
+    command = [sys.executable, "-m", "tune.sweep", "--config", str(path)]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    ended = wait_for_ended_trials(tmp / "tune" / "tiny-sweep", first, count=2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.communicate()
     config = load_sweep_config(str(path))
-    return config, run_sweep(config)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result = run_sweep(config)
+    return KilledAndRestored(config, result, ended, printed.getvalue())
 
 
 def by_params(rows, params: dict):
@@ -85,7 +113,7 @@ def by_params(rows, params: dict):
 
 
 def test_sweep_runs_every_trial_and_asha_stops_the_bad_one(sweep):
-    _, result = sweep
+    result = sweep.result
     assert len(result.rows) == 4
     assert by_params(result.rows, GOOD).status == "finished"
     stopped = by_params(result.rows, TOO_HIGH)
@@ -95,7 +123,7 @@ def test_sweep_runs_every_trial_and_asha_stops_the_bad_one(sweep):
 
 
 def test_optuna_proposed_the_other_trial_within_the_space(sweep):
-    _, result = sweep
+    result = sweep.result
     fixed = [GOOD, TOO_HIGH, CRASHES]
     proposed = [r for r in result.rows if r.params not in fixed]
     assert len(proposed) == 1
@@ -109,7 +137,7 @@ def test_optuna_proposed_the_other_trial_within_the_space(sweep):
 def test_mlflow_has_the_parent_run_child_runs_and_the_best_tagged(sweep, mlflow_uri):
     from mlflow import MlflowClient
 
-    config, result = sweep
+    result = sweep.result
     client = MlflowClient(mlflow_uri)
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED"
@@ -130,7 +158,7 @@ def test_mlflow_has_the_parent_run_child_runs_and_the_best_tagged(sweep, mlflow_
 def test_best_config_is_a_ready_to_run_sft_job(sweep, tmp_path):
     from ember.training.job import load_job_config, run_sft
 
-    config, result = sweep
+    result = sweep.result
     path = Path(result.best_config_path)
     assert path.read_text().startswith(f"# Best trial {result.best.trial_id}")
     assert load_job_config(str(path)).train.max_steps == STEPS  # the file as written
@@ -145,43 +173,31 @@ def test_best_config_is_a_ready_to_run_sft_job(sweep, tmp_path):
     assert (Path(outcome.model_dir) / "model.safetensors").is_file()
 
 
-def test_killed_sweep_is_restored_without_rerunning_finished_trials(ray_cluster, tmp_path,
-                                                                     mlflow_uri):
+def test_killed_sweep_is_restored_without_rerunning_ended_trials(sweep, mlflow_uri):
     from mlflow import MlflowClient
 
-    # two trials: GOOD finishes before the kill; Optuna's proposal, not yet started or cut
-    # short by the kill, runs to its end in the restored sweep
-    path = sweep_yaml(tmp_path, mlflow_uri, "tiny-restore", [GOOD], samples=2)
-    command = [sys.executable, "-m", "tune.sweep", "--config", str(path)]
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
-    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    finished = wait_for_finished_trial(tmp_path / "tune" / "tiny-restore", first)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.communicate()
-    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=900)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "restoring sweep tiny-restore" in second.stdout + second.stderr
+    assert "restoring sweep tiny-sweep" in sweep.restored_output
+    assert len(sweep.ended_before_kill) >= 2
     client = MlflowClient(mlflow_uri)
     experiment = client.get_experiment_by_name("ember-sweeps-test")
-    runs = client.search_runs([experiment.experiment_id], "tags.`ember.sweep` = 'tiny-restore'")
+    runs = client.search_runs([experiment.experiment_id], "tags.`ember.sweep` = 'tiny-sweep'")
     trial_runs = [r.data.tags["ember.trial"] for r in runs if "ember.trial" in r.data.tags]
-    for trial_id in finished:
-        assert trial_runs.count(trial_id) == 1, f"finished trial {trial_id} ran again"
-    assert len(set(trial_runs)) == 2
+    for trial_id in sweep.ended_before_kill:
+        assert trial_runs.count(trial_id) == 1, f"trial {trial_id} ran again after the restore"
+    trained = {r.trial_id for r in sweep.result.rows if r.status != "failed"}
+    assert set(trial_runs) == trained and len(trained) == 3
 
 
-def wait_for_finished_trial(folder: Path, process, timeout_s: float = 600) -> list[str]:
-    """Trial ids Tune's saved experiment state marks TERMINATED (finished)."""
+def wait_for_ended_trials(folder: Path, process, count: int, timeout_s: float = 900) -> list[str]:
+    """Trial ids Tune's saved experiment state marks TERMINATED (finished or stopped)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stdout.read()[-3000:]
         done = terminated_trials(folder)
-        if done:
+        if len(done) >= count:
             return done
         time.sleep(1)
-    raise AssertionError("no trial finished in time")
+    raise AssertionError(f"{count} trials did not end in time")
 
 
 def terminated_trials(folder: Path) -> list[str]:

@@ -265,10 +265,20 @@ def collect_rows(config: SweepConfig, results) -> list[TrialRow]:
             status = "stopped early"
         else:
             status = "finished"
-        params = {k: v for k, v in (result.config or {}).items()}
+        params = dict(result.config or {}) or _params_file(result.path)
         rows.append(TrialRow(str(trial_id), status, params, evals,
                              metrics.get(config.search.metric)))
     return sorted(rows, key=lambda r: r.trial_id)
+
+
+def _params_file(trial_dir: str | None) -> dict[str, Any]:
+    """The trial's parameters as Tune saved them in its folder: a restored sweep's trial
+    that failed before reporting has no `config` in its result (seen with Ray 2.60)."""
+    path = Path(trial_dir or "") / "params.json"
+    try:
+        return json.loads(path.read_text()) if trial_dir else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _best(config: SweepConfig, rows: list[TrialRow]) -> TrialRow | None:
