@@ -113,7 +113,9 @@ def run_status(args) -> int:
     if not address:
         print("no Ray cluster is running on this machine (`ember up` starts one)")
         return 1
-    print(f"Ray cluster: {address}   dashboard: {DASHBOARD}")
+    ingress = local.started_ingress()
+    print(f"Ray cluster: {address}   dashboard: {DASHBOARD}"
+          + (f"   ingress: {ingress}" if ingress else ""))
     details = serve_details(DASHBOARD)
     summary = app_summary(details)
     if not summary:

@@ -38,10 +38,14 @@ INGRESS_ENV = {
               "ember.serving.proxy_guard:proxy_middlewares",
               "RAY_SERVE_PROXY_USE_GRPC": "1"},
     # Ray's high-throughput settings with it (request-path logs buffered, not to stderr;
-    # the garbage collector's start-up objects frozen). No stream guard: Serve would load
-    # it into each replica's own HTTP server too, where it costs every event and guards
-    # nothing (a dead replica takes it along).
-    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    # the garbage collector's start-up objects frozen). A stopping replica keeps serving
+    # 5 s, not Ray's 30 (sized for an outside load balancer's health checks): Serve's
+    # controller itself tells each node's HAProxy, within a fraction of a second, and the
+    # 30 s held every redeploy, `ember down` and test session. No stream guard: Serve would
+    # load it into each replica's own HTTP server too, where it costs every event and
+    # guards nothing (a dead replica takes it along).
+    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5"},
 }
 DEFAULT_INGRESS = "haproxy"
 HAPROXY_MAXCONN = 4096  # Ray 2.60's default; Ray 2.58's (20,000) needs ~50,000 descriptors

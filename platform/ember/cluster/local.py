@@ -184,6 +184,12 @@ def _state_file() -> Path:
     return cluster_state_dir() / "cluster.json"
 
 
+def started_ingress() -> str | None:
+    """The ingress `ember up` started this machine's Ray head with (None: not Ember's head,
+    or one started before the ingress was recorded)."""
+    return _read_state().get("ingress")
+
+
 def _write_state(state: dict) -> None:
     _state_file().parent.mkdir(parents=True, exist_ok=True)
     _state_file().write_text(json.dumps(state))
