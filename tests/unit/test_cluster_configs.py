@@ -135,3 +135,18 @@ def test_cluster_files_start_ray_with_embers_ingress_settings():
         env = {e["name"]: e.get("value") for e in
                group["template"]["spec"]["containers"][0].get("env", [])}
         assert {n: env.get(n) for n in wanted} == wanted, group.get("groupName", "head")
+
+
+@pytest.mark.parametrize(("hard", "maxconn"), [
+    (20_000, 4_096), (1_048_576, 4_096), (8_192, 2_867), (1_024, 256)])
+def test_haproxys_connection_ceiling_fits_the_descriptor_limit(monkeypatch, hard, maxconn):
+    """HAProxy wants about 2.5 descriptors a connection and will not start under a lower
+    hard limit (Ray 2.58's 20,000 connections wanted 50,036 where the limit was 20,000)."""
+    import resource
+
+    from ember.cluster.environment import haproxy_maxconn, node_env
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: (1_024, hard))
+    assert haproxy_maxconn() == maxconn
+    assert int(node_env("haproxy")["RAY_SERVE_HAPROXY_MAXCONN"]) * 5 // 2 <= max(hard, 2_560)
+    assert "RAY_SERVE_HAPROXY_MAXCONN" not in node_env("proxy")
