@@ -29,6 +29,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_fixed_port(start: int = 21000, end: int = 29999) -> int:
+    """A free port below Linux's ephemeral range (32768-60999) and above Ray's worker
+    ports (10002-19999), for a server that binds it later: a port from `free_port()`
+    can be taken meanwhile by an outgoing connection (it was, once, HAProxy's stats port)."""
+    import random
+
+    for port in random.sample(range(start, end), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {start}-{end}")
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     import os
@@ -40,12 +56,12 @@ def ray_cluster():
     # guard, Serve's request path); this driver keeps its own: with Serve's router on the
     # caller's loop (a node setting) a test's handle would need an event loop
     # HAProxy's side ports, free ones: the session may run beside `ember up`'s cluster
-    node_env = {**NODE_ENV, "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-                "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-                "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port())}
+    node_env = {**NODE_ENV, "RAY_SERVE_HAPROXY_STATS_PORT": str(free_fixed_port()),
+                "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_fixed_port()),
+                "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_fixed_port())}
     saved = {name: os.environ.get(name) for name in node_env}
     os.environ.update(node_env)
-    ray.init(address="local", num_cpus=8, include_dashboard=True, dashboard_port=free_port(),
+    ray.init(address="local", num_cpus=8, include_dashboard=True, dashboard_port=free_fixed_port(),
              log_to_driver=False)
     for name, value in saved.items():
         if value is None:
@@ -114,7 +130,7 @@ def auth(api_key) -> dict:
 def serve_config(milvus_uri, access_url, tmp_path_factory) -> dict:
     """cluster/serve/local.yaml with the session's port, Milvus file and keys database."""
     config = yaml.safe_load((REPO / "cluster" / "serve" / "local.yaml").read_text())
-    config["http_options"]["port"] = free_port()
+    config["http_options"]["port"] = free_fixed_port()
     args = config["applications"][0]["args"]
     args["rag"]["milvus_uri"] = milvus_uri
     assert args["access"]["auth"] is True  # the shipped config guards the service
