@@ -99,6 +99,27 @@ def wait_for_new_server(old_pid: int, within_s: float = 120) -> dict:
         time.sleep(1)
 
 
+def wait_until_the_store_answers(milvus_uri: str, within_s: float = 60) -> None:
+    """Until a client of the restarted server lists its collections: the actor answers
+    once its server is bound, and a client's first call may still race its start (seen
+    once in CI: the re-run's first call failed to connect)."""
+    from ember.vectorstore.lite_server import shared_uri
+    from ember.vectorstore.milvus import MilvusStore
+
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            store = MilvusStore(shared_uri(milvus_uri))
+            try:
+                store.client.list_collections()
+                return
+            finally:
+                store.close()
+        except Exception:  # noqa: BLE001 - any client error: not back yet
+            assert time.monotonic() < deadline, "the restarted Milvus Lite server never answered"
+            time.sleep(1)
+
+
 def test_service_actors_live_outside_every_placement_group(base_url, auth):
     assert retrieve(base_url, auth).status_code == 200  # both exist once a request ran
     assert_outside_placement_groups(service("ember-quota-"))
@@ -258,6 +279,7 @@ def test_an_ingestion_that_loses_its_server_finishes_or_says_so_and_a_rerun_comp
     print(f"\nthe ingestion {outcome}")
     restarted = wait_for_new_server(pid)  # it was killed, and Ray restarts it
     assert_outside_placement_groups(restarted)
+    wait_until_the_store_answers(milvus_uri)  # "once the store is back", as the error says
     again = run_ingest(config, progress=lambda line: None)
     store = MilvusStore(shared_uri(milvus_uri))
     assert store.count("killed_store") == again.chunks_total == sample_ingest.chunks_total
