@@ -19,7 +19,7 @@ import threading
 import time
 
 import pytest
-from ember.bench import gpu_sampler, serve_bench
+from ember.bench import gpu_sampler, serve_bench, sse_client
 from ember.bench.serve_bench import RequestResult, Target, run_level
 
 FIRST_EVENT_DELAY_S = 0.02
@@ -157,8 +157,8 @@ def test_token_shortcut_never_changes_what_json_says(monkeypatch):
         return reader.chunks, reader.tokens, reader.error
 
     fast = [outcome(p) for p in payloads]
-    assert sum(serve_bench.TOKEN_EVENT.search(p) is not None for p in payloads) >= 6
-    monkeypatch.setattr(serve_bench, "TOKEN_EVENT", re.compile(b"(?!)"))  # never matches
+    assert sum(sse_client.TOKEN_EVENT.search(p) is not None for p in payloads) >= 6
+    monkeypatch.setattr(sse_client, "TOKEN_EVENT", re.compile(b"(?!)"))  # never matches
     assert fast == [outcome(p) for p in payloads]
 
 

@@ -36,41 +36,34 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import math
 import multiprocessing
 import os
 import queue
-import re
 import statistics
 import threading
 import time
 from dataclasses import dataclass, field
 
-import httpx
-
 from ember.bench.gpu_sampler import GpuSample, GpuSampler, window_stats
+from ember.bench.serve_report import (  # noqa: F401 - the report, importable from here too
+    COLUMNS,
+    MEDIAN_COLUMNS,
+    SOAK_COLUMNS,
+    format_table,
+    medians,
+)
+from ember.bench.sse_client import (  # noqa: F401 - importable from here too
+    PROMPTS,
+    RequestResult,
+    StreamReader,
+    Target,
+    drive,
+    http_client,
+    level_prompts,
+    one_request,
+)
 from ember.client.types import auth_headers
-
-PROMPTS = [
-    "Explain what a vector database is in two sentences.",
-    "Write a haiku about distributed computing.",
-    "List three uses of a hash map.",
-    "What is the difference between a process and a thread?",
-    "Describe how a bicycle gear works.",
-    "Give a short recipe for pancakes.",
-    "Why is the sky blue?",
-    "Summarise the plot of a detective story in three sentences.",
-    "What does an operating system scheduler do?",
-    "Name four planets and one fact about each.",
-    "How does a refrigerator keep food cold?",
-    "Write a polite email declining a meeting.",
-    "What is gradient descent?",
-    "Explain recursion to a child.",
-    "What are the benefits of unit tests?",
-    "Describe the water cycle.",
-]
-
 
 # One Python process parses roughly this many 128-token SSE streams at GPU speed (a
 # few hundred events a second each) without falling behind the server; the old
@@ -80,27 +73,6 @@ STREAMS_PER_CLIENT = 32
 START_TIMEOUT_S = 300.0  # spawn, imports and warm-up of every client, before the barrier
 JOIN_TIMEOUT_S = 30.0  # for the processes to exit once they have sent their results
 POLL_S = 1.0  # how often the parent looks for a process that died
-
-
-@dataclass
-class RequestResult:
-    ok: bool
-    ttft: float = 0.0
-    e2e: float = 0.0
-    output_tokens: int = 0
-    error: str = ""
-    end: float = 0.0  # wall-clock time it finished (soak windows)
-
-    @property
-    def itl(self) -> float | None:
-        return (self.e2e - self.ttft) / (self.output_tokens - 1) if self.output_tokens > 1 else None
-
-
-@dataclass
-class Target:
-    label: str
-    url: str
-    model: str
 
 
 @dataclass
@@ -156,135 +128,6 @@ def percentiles(name: str, values: list[float]) -> dict[str, float]:
 # the chunk's structure: it can only match choices[0].delta.content != "". Any other
 # event (another layout, empty or null content, a role, usage, an error) goes through
 # json.loads, so this shortcut can only skip parsing, never change a result.
-TOKEN_EVENT = re.compile(rb'[{,]"choices":\[\{"index":\d+,"delta":\{"content":"[^"]')
-
-
-class StreamReader:
-    """One streamed chat completion, fed the body's bytes as they arrive.
-
-    TTFT is the first event with non-empty content; tokens are usage's
-    completion_tokens when the server sends them, else the content events; an
-    `{"error": ...}` event, or an end without `data: [DONE]`, fails the request.
-    """
-
-    def __init__(self, start: float):
-        self.start = start  # time.perf_counter() when the request was sent
-        self.ttft = 0.0
-        self.tokens = 0  # usage.completion_tokens
-        self.chunks = 0  # events with content
-        self.done = False
-        self.error = ""
-        self._rest = b""  # a line cut at the end of the last block
-
-    def feed(self, block: bytes) -> None:
-        data = self._rest + block
-        lines = data.splitlines()  # bytes split on CR, LF and CRLF only
-        self._rest = lines.pop() if lines and data[-1:] not in b"\r\n" else b""
-        for line in lines:
-            self.line(line)
-
-    def finish(self) -> None:
-        """The body ended: a last line without its line end still counts."""
-        if self._rest:
-            self.line(self._rest)
-            self._rest = b""
-
-    def line(self, line: bytes) -> None:
-        if line.startswith(b"data:") and not (self.done or self.error):
-            self.event(line[5:].strip())
-
-    def event(self, payload: bytes) -> None:
-        if payload == b"[DONE]":
-            self.done = True
-        elif (b'"error"' not in payload and b'"usage"' not in payload
-              and TOKEN_EVENT.search(payload)):
-            self.content()  # neither key is in it: json.loads could add nothing
-        else:
-            self.parsed(payload)
-
-    def parsed(self, payload: bytes) -> None:
-        try:
-            chunk = json.loads(payload)
-        except ValueError:
-            chunk = None
-        if not isinstance(chunk, dict):
-            self.error = f"not a JSON object in the stream: {payload[:80]!r}"
-        elif "error" in chunk:  # a stream that broke says so (issue 11)
-            error = chunk["error"]
-            message = error.get("message", error) if isinstance(error, dict) else error
-            self.error = f"error event: {message}"
-        else:
-            if chunk.get("usage"):
-                self.tokens = chunk["usage"].get("completion_tokens") or 0
-            if any((c.get("delta") or {}).get("content") for c in chunk.get("choices") or []):
-                self.content()
-
-    def content(self) -> None:
-        self.chunks += 1
-        self.ttft = self.ttft or time.perf_counter() - self.start
-
-    def result(self) -> RequestResult:
-        if self.error:
-            return RequestResult(False, error=self.error, end=time.time())
-        if not self.done:
-            return RequestResult(False, error="stream ended without [DONE]", end=time.time())
-        return RequestResult(True, self.ttft, time.perf_counter() - self.start,
-                             self.tokens or self.chunks, end=time.time())
-
-
-async def one_request(
-    http: httpx.AsyncClient, target: Target, prompt: str, max_tokens: int
-) -> RequestResult:
-    body = {
-        "model": target.model,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-        "stream": True,
-        "ignore_eos": True,
-        "temperature": 0.0,
-        "stream_options": {"include_usage": True},
-    }
-    stream = StreamReader(time.perf_counter())
-    try:
-        async with http.stream("POST", f"{target.url}/v1/chat/completions", json=body) as resp:
-            if resp.status_code != 200:
-                return RequestResult(False, error=f"HTTP {resp.status_code}", end=time.time())
-            async for block in resp.aiter_bytes():
-                stream.feed(block)
-                if stream.error:
-                    return stream.result()
-            stream.finish()
-    except httpx.HTTPError as exc:
-        return RequestResult(False, error=f"{type(exc).__name__}: {exc}", end=time.time())
-    return stream.result()
-
-
-# --- one level ----------------------------------------------------------------------
-
-def http_client(concurrency: int, headers: dict[str, str]) -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency + 4),
-                             headers=headers)
-
-
-def level_prompts(first: int, count: int) -> list[str]:
-    """Requests first..first+count-1 of a level (the same sequence however it is split)."""
-    return [PROMPTS[i % len(PROMPTS)] for i in range(first, first + count)]
-
-
-async def drive(http: httpx.AsyncClient, target: Target, concurrency: int,
-                prompts: list[str], max_tokens: int) -> list[RequestResult]:
-    """Send `prompts` with at most `concurrency` in flight: every client's worker loop."""
-    pending = list(prompts)
-    results: list[RequestResult] = []
-
-    async def worker() -> None:
-        while pending:
-            results.append(await one_request(http, target, pending.pop(), max_tokens))
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return results
-
-
 async def run_level(
     target: Target, concurrency: int, num_requests: int, max_tokens: int,
     clients: int | None = None,
@@ -503,35 +346,6 @@ async def measure_level(target: Target, concurrency: int, num_requests: int, max
     return {**report.summary(), **gpu.stats(report.started, report.ended)}
 
 
-MEDIAN_KEYS = ("output_tok_s", "ttft_p50", "itl_p50", "e2e_p50", "e2e_p99")
-GPU_KEYS = ("gpu_util_pct", "gpu_mem_gib")
-
-
-def median_or_none(values) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
-def medians(rows: list[dict], baseline: str | None = None) -> list[dict]:
-    """Per target and level: the median over rounds, and the ratio to `baseline`'s."""
-    groups: dict[tuple[str, int], list[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["target"], row["concurrency"]), []).append(row)
-    out = []
-    for (target, level), group in groups.items():
-        med = {k: statistics.median(r[k] for r in group) for k in MEDIAN_KEYS}
-        gpu = {k: median_or_none(r.get(k) for r in group) for k in GPU_KEYS}
-        out.append({"target": target, "concurrency": level, "rounds": len(group),
-                    "errors": sum(r["errors"] for r in group), **med, **gpu})
-    for row in out:
-        base = next((b for b in out if b["target"] == baseline
-                     and b["concurrency"] == row["concurrency"]), None)
-        row["tok_s_ratio"] = row["output_tok_s"] / base["output_tok_s"] if base else float("nan")
-        row["ttft_overhead_ms"] = (row["ttft_p50"] - base["ttft_p50"]) * 1000 if base \
-            else float("nan")
-    return out
-
-
 async def soak(target: Target, concurrency: int, duration_s: float, max_tokens: int,
                window_s: float = 60.0, progress=print) -> list[dict]:
     """Keep `concurrency` streams busy for `duration_s`; one row per window."""
@@ -579,52 +393,3 @@ def soak_windows(label: str, concurrency: int, results: list[RequestResult], sta
                                     start + (index + 1) * window_s),
                      "first_error": next((r.error for r in group if not r.ok), "")})
     return rows
-
-
-COLUMNS = [
-    ("target", "{}"),
-    ("concurrency", "{}"),
-    ("clients", "{}"),
-    ("requests", "{}"),
-    ("errors", "{}"),
-    ("output_tok_s", "{:.1f}"),
-    ("req_s", "{:.2f}"),
-    ("ttft_p50", "{:.3f}"),
-    ("ttft_p95", "{:.3f}"),
-    ("ttft_p99", "{:.3f}"),
-    ("itl_p50", "{:.4f}"),
-    ("itl_p95", "{:.4f}"),
-    ("itl_p99", "{:.4f}"),
-    ("e2e_p50", "{:.3f}"),
-    ("e2e_p95", "{:.3f}"),
-    ("e2e_p99", "{:.3f}"),
-    ("gpu_util_pct", "{:.0f}"),
-    ("gpu_mem_gib", "{:.1f}"),
-]
-
-
-MEDIAN_COLUMNS = [
-    ("target", "{}"), ("concurrency", "{}"), ("rounds", "{}"), ("errors", "{}"),
-    ("output_tok_s", "{:.1f}"), ("tok_s_ratio", "{:.3f}"), ("ttft_p50", "{:.3f}"),
-    ("ttft_overhead_ms", "{:+.1f}"), ("itl_p50", "{:.4f}"), ("e2e_p50", "{:.3f}"),
-    ("e2e_p99", "{:.3f}"), ("gpu_util_pct", "{:.0f}"), ("gpu_mem_gib", "{:.1f}"),
-]
-SOAK_COLUMNS = [
-    ("target", "{}"), ("concurrency", "{}"), ("window", "{}"), ("requests", "{}"),
-    ("errors", "{}"), ("output_tok_s", "{:.1f}"), ("ttft_p50", "{:.3f}"), ("ttft_p99", "{:.3f}"),
-    ("e2e_p50", "{:.3f}"), ("e2e_p99", "{:.3f}"), ("gpu_util_pct", "{:.0f}"),
-    ("gpu_mem_gib", "{:.1f}"), ("first_error", "{}"),
-]
-
-
-def format_table(rows: list[dict], columns=COLUMNS) -> str:
-    """A Markdown table; latencies in seconds, GPU memory in GiB; None is "n/a"."""
-    header = "| " + " | ".join(name for name, _ in columns) + " |"
-    rule = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(cell(row[name], fmt) for name, fmt in columns) + " |"
-            for row in rows]
-    return "\n".join([header, rule, *body])
-
-
-def cell(value, fmt: str) -> str:
-    return "n/a" if value is None else fmt.format(value)
