@@ -9,9 +9,7 @@ hub is assumed; no usage stats.
 CLIENT_ENV = {"RAY_AUTH_MODE": "token", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
 
 # What a Ray node serving Ember needs from the start (`ray start` reads it once;
-# the cluster files set the same for `ray up` and KubeRay):
-# - Serve's proxy loads Ember's stream guard: a stream whose replica died ends
-#   with an error event, not silently (ember.serving.proxy_guard);
+# the cluster files set the same for `ray up` and KubeRay), whatever the ingress:
 # - workers at the raylet's priority: Ray starts them at nice 15, so on a small
 #   machine the engine lost CPU to Ray's own daemons and to the clients it serves
 #   (docs/architecture.md: "Serving hot path");
@@ -19,9 +17,8 @@ CLIENT_ENV = {"RAY_AUTH_MODE": "token", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_
 #   would otherwise leave its vLLM engine processes (GBs each) running;
 # - Serve's request path, lighter (Ray's "throughput optimized" settings, chosen
 #   by measurement: docs/benchmarks.md "Serving hot path"): user code (the engine replica's
-#   ASGI app) on the replica's own event loop and the proxy's router on the
-#   proxy's loop, no thread hops; the proxy streams from replicas over gRPC
-#   instead of one Ray object per ASGI message.
+#   ASGI app) on the replica's own event loop and the router on its caller's
+#   loop, no thread hops.
 _NODE_BASE = {
     "RAY_process_group_cleanup_enabled": "true",
     "RAY_worker_niceness": "0",
@@ -29,7 +26,9 @@ _NODE_BASE = {
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
 }
 # How HTTP reaches the engine replicas (docs/architecture.md, "Serving hot path"):
-# - "proxy": Serve's Python proxy on each node, with Ember's stream guard;
+# - "proxy": Serve's Python proxy on each node, which loads Ember's stream guard (a
+#   stream whose replica died ends with an error event, ember.serving.proxy_guard) and
+#   streams from replicas over gRPC instead of one Ray object per ASGI message;
 # - "haproxy": Serve's HAProxy ingress (Ray 2.56+): HAProxy on each node forwards each
 #   request to an engine replica's own HTTP server (Serve's direct ingress), no Python
 #   process and no Ray hop in between.
