@@ -12,6 +12,9 @@ Design choices:
   field in every collection, so the ledger carries a 2-dim placeholder.
 - Search right after inserting is ~50x slower until flushed (docs/architecture.md):
   writers call `finish()` (flush + index + load) at the end.
+- A server client retries its connection at least every second (`RECONNECT_OPTIONS`):
+  gRPC's default backoff grows to 120 s, so a client whose server was down for 30 s
+  went on failing for 16 s after the server was back (measured, pymilvus 3.0).
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ TEXT_MAX, TITLE_MAX, SOURCE_MAX = 65535, 1024, 2048  # VARCHAR limits, in bytes
 LEDGER_SUFFIX = "__files"
 EMBEDDER_KEY, DIM_KEY = "ember.embedder", "ember.dim"
 VERSION_KEY = "ember.version"  # changed by every ingestion that changes the chunks
+RECONNECT_OPTIONS = {"grpc.initial_reconnect_backoff_ms": 250,
+                     "grpc.min_reconnect_backoff_ms": 250,
+                     "grpc.max_reconnect_backoff_ms": 1000}
 
 
 class CollectionNotFound(EmberError):
@@ -45,6 +51,13 @@ class Hit:
     title: str
     position: int
     score: float
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """pymilvus' "Fail connecting to server" (its code 2): the server is down or restarting."""
+    from pymilvus.exceptions import MilvusException
+
+    return isinstance(exc, MilvusException) and exc.code == 2
 
 
 def default_uri() -> str:
@@ -67,7 +80,8 @@ class MilvusStore:
         self.uri = uri or default_uri()
         if "://" not in self.uri:
             Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MilvusClient(uri=self.uri, token=token or "")
+        options = {"grpc_options": RECONNECT_OPTIONS} if "://" in self.uri else {}
+        self.client = MilvusClient(uri=self.uri, token=token or "", **options)
 
     def close(self) -> None:
         self.client.close()

@@ -34,6 +34,7 @@ from ember.serving.rag.prompt import Source
 logger = logging.getLogger("ember.retrieval")
 MODES = ("dense", "keyword", "hybrid")
 URI_CHECK_S = 10.0
+RECONNECT_WAIT_S = 3.0  # a restarted server refuses calls for ~1 s while clients reconnect
 
 
 class RetrievalError(Exception):
@@ -103,6 +104,21 @@ class Retriever:
                 self._store = MilvusStore(uri)
         return self._store
 
+    def on_store(self, call):
+        """`call(store)`, retried for `RECONNECT_WAIT_S` while the server refuses
+        connections: a Milvus Lite server that just came back (killed, restarted by Ray)
+        refuses the first calls while this replica's client reconnects."""
+        from ember.vectorstore.milvus import is_unreachable
+
+        deadline = time.monotonic() + RECONNECT_WAIT_S
+        while True:
+            try:
+                return call(self.store())
+            except Exception as exc:
+                if not is_unreachable(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.25)
+
     def model(self):
         if self._model is None:
             from ember.models.fast_encoder import FastEncoder
@@ -134,7 +150,7 @@ class Retriever:
                 "dim": await asyncio.to_thread(embedder_dim_of, self.embedder_name)}
 
     def collections(self) -> list[str]:
-        return self.store().collections()
+        return self.on_store(lambda store: store.collections())
 
     def warm(self, collection: str) -> None:
         """Load the embedder and one collection's snapshot in the background (start-up)."""
@@ -173,7 +189,7 @@ class Retriever:
                                f"'{collection}' is above memory_index_max_chunks "
                                f"({self.settings.memory_index_max_chunks}): dense search used")
                 mode, vector = "dense", vector if vector is not None else self._embed(query)
-            hits = self.store().search(collection, vector, want)
+            hits = self.on_store(lambda store: store.search(collection, vector, want))
             found = [(h.text, h.source, h.title, h.score) for h in hits]
         else:
             ranked = (snapshot.dense(vector, want) if mode == "dense"
@@ -242,7 +258,7 @@ class Retriever:
 
         try:
             current = self._snapshots.get(collection)
-            version = self.store().version(collection)
+            version = self.on_store(lambda store: store.version(collection))
             if current is not None and current.version == version:
                 return
             fresh = self._load(collection)
