@@ -156,14 +156,34 @@ def test_the_usage_outbox_keeps_order_and_counts_what_it_drops():
 
     box = UsageOutbox(max_rows=5)
     for i in range(4):
-        assert box.add({"n": i}) == 0
+        assert box.add({"row_id": str(i), "n": i}) == 0
     batch = box.take(3)
     assert [r["n"] for r in batch] == [0, 1, 2] and len(box.rows) == 1
-    box.add({"n": 4})
+    box.add({"row_id": "4", "n": 4})
     assert box.put_back(batch) == 0  # unacknowledged: back in front, in order
     assert [r["n"] for r in box.rows] == [0, 1, 2, 3, 4]
-    assert box.add({"n": 5}) == 1 and box.dropped == 1  # full: the oldest goes
+    assert box.add({"row_id": "5", "n": 5}) == 1 and box.dropped == 1  # full: the oldest goes
     assert [r["n"] for r in box.rows] == [1, 2, 3, 4, 5]
+
+
+def test_a_finished_row_replaces_its_open_row_until_that_one_left():
+    from ember.access.accounting import UsageOutbox
+
+    box = UsageOutbox(max_rows=3)
+    box.add({"row_id": "a", "status": 0, "open": True})
+    box.add({"row_id": "b", "status": 0, "open": True})
+    box.add({"row_id": "a", "status": 200})  # a ended before its open row left: one row
+    assert list(box.rows) == [{"row_id": "a", "status": 200},
+                              {"row_id": "b", "status": 0, "open": True}]
+    sent = box.take(2)  # b's open row left: its finished row follows it
+    box.add({"row_id": "b", "status": 200})
+    assert [r["status"] for r in box.rows] == [200]
+    box.put_back(sent)  # not acknowledged: sent again, before the finished row
+    assert [(r["row_id"], r["status"]) for r in box.rows] == [("a", 200), ("b", 0), ("b", 200)]
+    box.add({"row_id": "c", "status": 0, "open": True})  # full: a's row is dropped
+    box.add({"row_id": "c", "status": 499})
+    assert [(r["row_id"], r["status"]) for r in box.rows] == [("b", 0), ("b", 200), ("c", 499)]
+    assert box.dropped == 1
 
 
 def test_a_usage_row_delivered_twice_is_written_once(url):

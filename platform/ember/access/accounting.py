@@ -41,6 +41,7 @@ logger = logging.getLogger("ember.access")
 CALL_TIMEOUT_S = 2.0  # an admit the keeper does not answer in this is decided locally
 DELIVER_TIMEOUT_S = 15.0
 BATCH_ROWS = 500
+DELIVER_EVERY_S = 0.2
 WATCH_S = 10.0
 PROBE_S = 2.0
 SPEND_CACHE_S = 5.0
@@ -61,24 +62,37 @@ class UsageOutbox:
         self.rows: deque[dict] = deque()
         self.max_rows = max_rows
         self.dropped = 0
+        self._open: dict[str, dict] = {}  # row id -> its open row, while queued
 
     def add(self, row: dict) -> int:
-        """Queue a row; how many old rows had to be dropped to make room."""
+        """Queue a row; how many old rows had to be dropped to make room. A finished
+        row whose open row is still queued takes that row's place instead."""
+        queued = self._open.pop(row["row_id"], None)
+        if queued is not None:
+            queued.clear()
+            queued.update(row)
+            return 0
+        if row.get("open"):
+            self._open[row["row_id"]] = row
         self.rows.append(row)
         return self._trim()
 
     def take(self, count: int) -> list[dict]:
-        return [self.rows.popleft() for _ in range(min(count, len(self.rows)))]
+        batch = [self.rows.popleft() for _ in range(min(count, len(self.rows)))]
+        for row in batch:
+            self._open.pop(row["row_id"], None)
+        return batch
 
     def put_back(self, batch: list[dict]) -> int:
         """An unacknowledged batch goes back in front, in its order."""
         self.rows.extendleft(reversed(batch))
+        self._open.update((row["row_id"], row) for row in batch if row.get("open"))
         return self._trim()
 
     def _trim(self) -> int:
         dropped = 0
         while len(self.rows) > self.max_rows:
-            self.rows.popleft()
+            self._open.pop(self.rows.popleft()["row_id"], None)
             dropped += 1
         self.dropped += dropped
         return dropped
@@ -171,6 +185,7 @@ class KeeperLink:
     async def _deliver_forever(self) -> None:
         while True:
             await self._wake.wait()
+            await asyncio.sleep(DELIVER_EVERY_S)  # let a batch gather
             self._wake.clear()
             while self.outbox.rows:
                 if not self.available:
