@@ -269,9 +269,13 @@ def lora_run(ray_cluster, tmp_path_factory, mlflow_uri):
     return config, run(config)
 
 
-def test_lora_trains_adapters_only_and_merges(lora_run):
+def test_lora_trains_adapters_only_exports_them_and_they_merge(lora_run, tmp_path):
+    """The job exports the adapter alone (the default, served on the base's engines);
+    merging it (`method.export: merged`) changes exactly the adapted weights."""
     import torch
+    from ember.models.adapters import check_adapter_folder
     from ember.models.catalogue import resolve_model
+    from ember.training.export import merge_adapter
 
     config, result = lora_run
     assert result.metrics["val_loss"] < result.metrics["base_val_loss"] - 0.05
@@ -279,8 +283,13 @@ def test_lora_trains_adapters_only_and_merges(lora_run):
     lora_b = {k: t for k, t in adapter.items() if "lora_B" in k}
     assert len(lora_b) == 30 * 4  # 30 layers x q/k/v/o
     assert all(t.abs().sum() > 0 for t in lora_b.values())  # lora_B starts at zero
+    exported = Path(result.model_dir)
+    assert check_adapter_folder(exported) == config.method.lora.r
+    assert not (exported / "model.safetensors").exists()  # no full copy of the base
+    assert tensors(exported / "adapter_model.safetensors").keys() == adapter.keys()
+    merge_adapter(config, exported, tmp_path / "merged")
     base = tensors(Path(resolve_model(config.model.source)) / "model.safetensors")
-    merged = tensors(Path(result.model_dir) / "model.safetensors")
+    merged = tensors(tmp_path / "merged" / "model.safetensors")
     targets = tuple(config.method.lora.target_modules)
     for name, weight in base.items():
         changed = not torch.equal(merged[name], weight.to(merged[name].dtype))
@@ -366,26 +375,91 @@ def checkpoint_files(run_dir: Path) -> dict[Path, int]:
 # --- back to serving ---------------------------------------------------------------------
 
 
-# Longer than the suite's ceiling (pyproject.toml): `ember serve-model` waits up to
-# 1200 s for the new engine to run.
-@pytest.mark.timeout(1800)
-def test_trained_model_is_served_by_the_running_service(lora_run, base_url, dashboard_url,
-                                                        openai_client, mlflow_uri, capsys):
-    """`ember serve-model models:/...` adds the model; it answers, RAG included."""
+def served_rows(access_url: str, model: str) -> int:
+    import sqlalchemy as sa
+    from ember.access.store import engine_for
+
+    engine = engine_for(access_url)
+    with engine.connect() as connection:
+        count = connection.execute(sa.text("SELECT count(*) FROM usage WHERE served_model = :m "
+                                           "AND status = 200"), {"m": model}).scalar()
+    engine.dispose()
+    return count
+
+
+def test_the_trained_adapter_is_served_on_the_running_base_without_a_restart(
+        lora_run, base_url, dashboard_url, openai_client, mlflow_uri, access_url, capsys):
+    """`ember serve-model models:/...` of the LoRA job's adapter: no engine starts and no
+    replica restarts; the adapter answers within seconds, differently from its base (the
+    job's own base-vs-tuned sample), RAG included, with usage rows in its name, while
+    requests to the base keep answering."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
     from ember.cli.main import main
+    from ember.models.adapters import find_adapter, remove_adapter
+
+    from tests.integration.test_serving_faults import engine_replicas
 
     _, result = lora_run
-    assert main(["serve-model", result.registered, "--name", "lantern-keeper",
-                 "--address", dashboard_url, "--tracking-uri", mlflow_uri]) == 0
-    assert "is served from" in capsys.readouterr().out
-    ids = [m.id for m in openai_client.models.list().data]
-    assert "lantern-keeper" in ids and "smollm2-135m-instruct" in ids
-    chat = openai_client.chat.completions.create(
-        model="lantern-keeper", max_tokens=24, temperature=0,
-        messages=[{"role": "user", "content": "Who looks after the lanterns?"}])
-    assert chat.model == "lantern-keeper" and chat.choices[0].message.content.strip()
+    if find_adapter("lantern-keeper"):  # left by an earlier run of the suite on this machine
+        remove_adapter("lantern-keeper")
+    replicas = sorted(a.pid for a in engine_replicas())
+
+    def ask(model: str, prompt: str, max_tokens: int = 24) -> str:
+        chat = openai_client.chat.completions.create(
+            model=model, max_tokens=max_tokens, temperature=0,
+            messages=[{"role": "user", "content": prompt}])
+        assert chat.model == model
+        return chat.choices[0].message.content
+
+    with ThreadPoolExecutor(4) as pool:  # the base is busy while the adapter is added
+        busy = [pool.submit(ask, "smollm2-135m-instruct", f"Count to {n}.") for n in range(8)]
+        started = time.monotonic()
+        assert main(["serve-model", result.registered, "--name", "lantern-keeper",
+                     "--address", dashboard_url, "--tracking-uri", mlflow_uri]) == 0
+        first = ask("lantern-keeper", "Who looks after the lanterns?")
+        first_answer_s = time.monotonic() - started
+        assert all(f.result().strip() for f in busy)
+    out = capsys.readouterr().out
+    assert "registered on 'smollm2-135m-instruct'" in out and "nothing restarts" in out
+    assert first.strip()
+    print(f"\nserve-model of the adapter to its first answer: {first_answer_s:.1f}s")
+    assert sorted(a.pid for a in engine_replicas()) == replicas  # no replica restarted
+    listed = {m.id: m for m in openai_client.models.list().data}
+    assert listed["lantern-keeper"].model_extra["metadata"]["parent"] == "smollm2-135m-instruct"
+    [sample] = result.samples  # the job's own held-out question: the tuned answer differs
+    max_tokens = 48
+    assert ask("lantern-keeper", sample["prompt"], max_tokens) != ask(
+        "smollm2-135m-instruct", sample["prompt"], max_tokens)
     rag = openai_client.chat.completions.create(
         model=f"rag:{COLLECTION}@lantern-keeper", max_tokens=24, temperature=0,
         messages=[{"role": "user", "content": "Who is the head pilot?"}])
     assert rag.choices[0].message.content.strip()
     assert rag.model_extra["sources"]
+    deadline = time.monotonic() + 30
+    while served_rows(access_url, "lantern-keeper") < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert served_rows(access_url, "lantern-keeper") == 3  # a chat, the sample, RAG
+
+    assert main(["models", "remove", "lantern-keeper"]) == 0
+    assert "lantern-keeper" not in [m.id for m in openai_client.models.list().data]
+    with pytest.raises(openai.NotFoundError, match="'lantern-keeper' does not exist"):
+        ask("lantern-keeper", "hello")
+
+
+def test_an_adapter_the_base_cannot_load_is_never_registered(
+        base_url, dashboard_url, openai_client, tmp_path, capsys):
+    from ember.cli.main import main
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 64, "base_model_name_or_path": "x"}))
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"0" * 64)
+    assert main(["serve-model", str(tmp_path), "--name", "too-wide",
+                 "--address", dashboard_url]) != 0
+    assert "rank is 64, above 'smollm2-135m-instruct's lora.max_lora_rank (16)" in \
+        capsys.readouterr().err
+    assert "too-wide" not in [m.id for m in openai_client.models.list().data]
+    assert openai_client.chat.completions.create(  # the base answers on
+        model="smollm2-135m-instruct", max_tokens=4,
+        messages=[{"role": "user", "content": "hello"}]).choices[0].message.content

@@ -35,6 +35,7 @@ from starlette.responses import JSONResponse
 from ember.access.config import AccessConfig
 from ember.access.keys import KEY_PREFIX, ApiKey, KeyLookup
 from ember.access.request_state import (
+    adapter_base_of,
     served_model_of,
     set_key,
     state_of,
@@ -175,6 +176,8 @@ class AccessGate:
                "prompt_tokens": meter.prompt_tokens, "completion_tokens": meter.completion_tokens,
                "latency_s": time.perf_counter() - started,
                "ttft_s": meter.first_byte - started if meter.first_byte else None}
+        if meter.scope is not None and (base := adapter_base_of(meter.scope)):
+            row["engine"] = base  # an adapter's tokens share its base's replica cost
         self.keeper.record(row)
         observe(row, key.name if key else "-")
 

@@ -158,9 +158,10 @@ class QuotaKeeper:
         spent = row.get("prompt_tokens", 0) + row.get("completion_tokens", 0)
         if row.get("key_id") is not None:
             self.windows.spend(row["key_id"], spent, row["ts"])
-        if row.get("served_model"):
-            self.interval_tokens[row["served_model"]][row.get("key_id")] += spent
-            self.interval_requests[row["served_model"]] += 1
+        engine = row.get("engine") or row.get("served_model")  # an adapter: its base
+        if engine:
+            self.interval_tokens[engine][row.get("key_id")] += spent
+            self.interval_requests[engine] += 1
 
     async def set_prices(self, prices: dict[str, float]) -> None:
         """USD per replica-hour of served models (each engine replica sends its app's)."""
@@ -262,7 +263,7 @@ def insert_usage(engine, rows: list[dict]) -> None:
     """Insert usage rows by `row_id`: a row whose id is stored is skipped, unless the
     stored one is still open (status 0), which the new one replaces."""
     table = USAGE
-    rows = [{k: v for k, v in row.items() if k != "open"} for row in rows]
+    rows = [{k: v for k, v in row.items() if k not in ("open", "engine")} for row in rows]
     if not rows:
         return
     if engine.dialect.name in ("sqlite", "postgresql"):

@@ -6,6 +6,7 @@ reads and writes), and only through these functions:
   models with it, the Batch API files a file or batch under it;
 - the LLM that served the request (for a RAG chat, the answering model): the
   usage row names it, the proxy's stream guard learns it from the usage header;
+  for a LoRA adapter also its base, whose replicas' cost its tokens share;
 - whether the engine's usage event is to be dropped: Ember asked the engine for
   it (to meter a stream) and the client did not.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 _KEY = "ember_key"
 _SERVED_MODEL = "ember_served_model"
 _STRIP_USAGE = "ember_strip_usage"
+_ADAPTER_BASE = "ember_adapter_base"
 
 
 def state_of(scope: dict) -> dict:
@@ -40,6 +42,15 @@ def set_served_model(scope: dict, model: str) -> None:
 
 def served_model_of(scope: dict) -> str | None:
     return state_of(scope).get(_SERVED_MODEL)
+
+
+def set_adapter_base(scope: dict, base: str) -> None:
+    state_of(scope)[_ADAPTER_BASE] = base
+
+
+def adapter_base_of(scope: dict) -> str | None:
+    """The base model of the LoRA adapter that served the request, or None."""
+    return state_of(scope).get(_ADAPTER_BASE)
 
 
 def set_strip_usage(scope: dict) -> None:

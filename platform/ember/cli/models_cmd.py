@@ -1,4 +1,4 @@
-"""`ember models prepare|list`."""
+"""`ember models prepare|list|adapters|remove`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,12 @@ def register(commands) -> None:
     prepare.set_defaults(func=run_prepare)
     listing = sub.add_parser("list", help="list catalogue models and their state")
     listing.set_defaults(func=run_list)
+    adapters = sub.add_parser("adapters", help="list the LoRA adapters served on base models")
+    adapters.set_defaults(func=run_adapters)
+    remove = sub.add_parser("remove", help="stop serving a LoRA adapter (`ember serve-model` "
+                                           "registered it)")
+    remove.add_argument("name")
+    remove.set_defaults(func=run_remove)
 
 
 def run_prepare(args) -> int:
@@ -49,4 +55,27 @@ def run_list(args) -> int:
         except Exception as exc:  # noqa: BLE001 - listed, not raised: show every row
             path, state = f"({exc})", "missing"
         print(f"{entry.name:<24} {entry.kind:<9} {state:<12} {path}")
+    return 0
+
+
+def run_adapters(args) -> int:
+    from ember.models.adapters import adapters_dir, list_adapters
+
+    found = list_adapters()
+    if not found:
+        print(f"no adapters are registered (in {adapters_dir()})")
+        return 0
+    print(f"{'name':<32} {'base':<28} {'rank':>4}  path")
+    for adapter in found:
+        print(f"{adapter.name:<32} {adapter.base:<28} {adapter.rank:>4}  {adapter.path}")
+    return 0
+
+
+def run_remove(args) -> int:
+    """Unregister: replicas that loaded it keep it until evicted, but no longer route to it."""
+    from ember.models.adapters import remove_adapter
+
+    remove_adapter(args.name)
+    print(f"adapter '{args.name}' removed: /v1/models no longer lists it and requests for it "
+          f"get 404")
     return 0

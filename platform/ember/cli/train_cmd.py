@@ -24,6 +24,8 @@ def register(commands) -> None:
     serve.add_argument("--address", default=None, help="Ray dashboard (default "
                        "http://127.0.0.1:8265)")
     serve.add_argument("--tracking-uri", help="MLflow tracking URI (default: Ember's SQLite)")
+    serve.add_argument("--base", help="a LoRA adapter's base model, when several served "
+                       "models load adapters (default: the one it was trained on)")
     serve.set_defaults(func=run_serve_model)
 
 
@@ -52,7 +54,7 @@ def run_serve_model(args) -> int:
     from ember.cluster.serve_models import add_model
 
     folder = add_model(args.address or DASHBOARD, args.source, args.name, args.app,
-                       args.tracking_uri)
+                       args.tracking_uri, base=args.base)
     print(f"model '{args.name}' is served from {folder}: use model='{args.name}', or "
           f"'rag@{args.name}' to answer RAG questions with it")
     return 0

@@ -11,6 +11,11 @@ Serve derives an app's code version from its args, so the app's deployments are
 replaced by a rolling update: with one replica per deployment, as on the local
 CPU cluster, requests wait while the engines restart (about two minutes here).
 
+A LoRA adapter (a PEFT folder, what LoRA/QLoRA jobs export by default) is not
+deployed at all: it is registered for a served model that has `lora:` on
+(`ember.models.adapters`), and that model's replicas load it on its first
+request. Nothing restarts; it answers within seconds.
+
 MLflow URIs (`models:/NAME/VERSION`, `runs:/ID/model`) are downloaded into
 `$EMBER_HOME/models/served/NAME` (`ember.models.fetch`); on a multi-node cluster
 EMBER_HOME must be on storage every node sees (as for the training job's outputs).
@@ -22,7 +27,9 @@ import copy
 from pathlib import Path
 
 from ember.errors import ClusterError
+from ember.models.adapters import check_adapter_folder, is_adapter_folder, register_adapter
 from ember.models.fetch import fetch_model
+from ember.serving.config import LoraServingConfig
 
 # What a new model inherits from the app's first model: it runs on the same kind of replica.
 INHERITED_KEYS = ("engine", "autoscaling", "placement", "accelerator_type",
@@ -72,15 +79,18 @@ def deploy_config(details: dict, app_name: str, name: str, folder: Path) -> dict
 
 
 def add_model(dashboard_url: str, source: str, name: str, app_name: str = "ember",
-              tracking_uri: str | None = None, progress=print) -> Path:
+              tracking_uri: str | None = None, progress=print, base: str | None = None) -> Path:
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
     from ember.cluster.serve_status import serve_details
     from ember.cluster.serve_yaml import validate_app_args
 
-    folder = fetch_model(source, name, tracking_uri)
+    folder = fetch_model(source, name, tracking_uri, adapters=True)
     progress(f"model {source} -> {folder}")
-    config = deploy_config(serve_details(dashboard_url), app_name, name, folder)
+    details = serve_details(dashboard_url)
+    if is_adapter_folder(folder):
+        return add_adapter(details, folder, name, app_name, base, progress)
+    config = deploy_config(details, app_name, name, folder)
     for app in config["applications"]:
         validate_app_args(app, source="serve-model")
     progress(f"redeploying '{app_name}' with model '{name}' (a rolling update)")
@@ -89,6 +99,62 @@ def add_model(dashboard_url: str, source: str, name: str, app_name: str = "ember
         config["http_options"].get("port", 8000)
     wait_for_model(f"http://{_reachable(host)}:{port}", name, dashboard_url, app_name, progress)
     return folder
+
+
+def add_adapter(details: dict, folder: Path, name: str, app_name: str,
+                base: str | None = None, progress=print) -> Path:
+    """Register a LoRA adapter for one of the app's models with `lora:` on."""
+    models = _app_models(details, app_name)
+    if name in {m.get("name") for m in models}:
+        raise ClusterError(f"'{name}' is a served model's name; pick another --name")
+    model = _adapter_base(models, folder, base, app_name)
+    rank = check_adapter_folder(folder)
+    limit = LoraServingConfig(**model["lora"]).max_lora_rank
+    if rank > limit:
+        raise ClusterError(f"the adapter's rank is {rank}, above '{model['name']}'s "
+                           f"lora.max_lora_rank ({limit}); raise it in the Serve config or "
+                           f"train with method.lora.r <= {limit}")
+    adapter = register_adapter(folder, name, model["name"])
+    progress(f"adapter '{name}' (rank {rank}) registered on '{model['name']}': its replicas "
+             f"load it on its first request, nothing restarts")
+    return adapter.path
+
+
+def _app_models(details: dict, app_name: str) -> list[dict]:
+    app = (details.get("applications") or {}).get(app_name)
+    if app is None:
+        raise ClusterError(f"no Serve application '{app_name}' is running; start it with "
+                           f"`ember up`")
+    return ((app.get("deployed_app_config") or {}).get("args") or {}).get("models") or []
+
+
+def _adapter_base(models: list[dict], folder: Path, base: str | None, app_name: str) -> dict:
+    """The served model the adapter runs on: --base, else the one it was trained on."""
+    import json
+
+    from ember.models.catalogue import resolve_model
+
+    with_lora = [m for m in models if m.get("lora") is not None]
+    names = [m.get("name") for m in with_lora]
+    if not with_lora:
+        raise ClusterError(f"no model of '{app_name}' serves LoRA adapters: add `lora: {{}}` "
+                           f"to the base model's entry in the Serve config (docs/fine-tuning.md)")
+    if base is not None:
+        for model in with_lora:
+            if model.get("name") == base:
+                return model
+        raise ClusterError(f"--base '{base}' is not a served model with `lora:` on "
+                           f"(those are: {names})")
+    trained_on = json.loads((folder / "adapter_config.json").read_text()).get(
+        "base_model_name_or_path")
+    for model in with_lora:
+        if trained_on and str(resolve_model(model.get("source", model["name"]))) == str(
+                trained_on):
+            return model
+    if len(with_lora) == 1:
+        return with_lora[0]
+    raise ClusterError(f"the adapter was trained on '{trained_on}', which no served model "
+                       f"loads; name its base with --base (one of {names})")
 
 
 def wait_for_model(base_url: str, name: str, dashboard_url: str, app_name: str,

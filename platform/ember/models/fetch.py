@@ -4,7 +4,8 @@
 as well as a folder: an MLflow URI is downloaded into
 `$EMBER_HOME/models/served/NAME` (on a multi-node cluster EMBER_HOME must be on
 storage every node sees, as for the training job's outputs). A LoRA adapter
-alone is refused: the engines serve merged models.
+alone is accepted where `adapters=True` (`ember serve-model` serves it on its base,
+`ember.models.adapters`); batch jobs need a full model.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from ember.config.paths import default_tracking_uri, models_dir
 from ember.errors import EmberError
 
 
-def fetch_model(source: str, name: str, tracking_uri: str | None = None) -> Path:
+def fetch_model(source: str, name: str, tracking_uri: str | None = None,
+                adapters: bool = False) -> Path:
     """A local model folder for `source`: an MLflow model URI or a folder."""
     if source.startswith(("models:/", "runs:/")):
-        return _download(source, name, tracking_uri)
-    folder = Path(source).expanduser().resolve()
-    _check_model_folder(folder, source)
+        folder = _download(source, name, tracking_uri)
+    else:
+        folder = Path(source).expanduser().resolve()
+    _check_model_folder(folder, source, adapters)
     return folder
 
 
@@ -41,13 +44,14 @@ def _download(uri: str, name: str, tracking_uri: str | None) -> Path:
     except MlflowException as exc:
         raise EmberError(f"cannot fetch {uri} from MLflow at {tracking_uri}: {exc.message}") \
             from exc
-    _check_model_folder(local, uri)
     return local
 
 
-def _check_model_folder(folder: Path, source: str) -> None:
+def _check_model_folder(folder: Path, source: str, adapters: bool) -> None:
     if (folder / "adapter_config.json").is_file():
-        raise EmberError(f"{source} is a LoRA adapter alone; serve a merged model (the job's "
-                         f"default, `method.export: merged`)")
+        if adapters:
+            return
+        raise EmberError(f"{source} is a LoRA adapter alone; this needs a full model (train "
+                         f"with `method.export: merged`)")
     if not (folder / "config.json").is_file():
         raise EmberError(f"{source}: {folder} is not a model folder (no config.json)")

@@ -87,6 +87,20 @@ class PlacementConfig(_Strict):
         "PACK", description="how the bundles spread over nodes (STRICT_PACK: all on one node)")
 
 
+class LoraServingConfig(_Strict):
+    """LoRA adapters served on this model's engines (`ember serve-model` of an adapter)."""
+
+    max_loras: int = Field(4, ge=1, description="adapters in one engine batch at once "
+                                                "(vLLM's max_loras)")
+    max_lora_rank: int = Field(16, ge=1, description="the largest rank an adapter may have")
+    max_cpu_loras: int | None = Field(None, ge=1, description="adapters kept loaded in "
+                                                              "memory, least recently used "
+                                                              "evicted; null: max_loras")
+
+    def to_engine_kwargs(self) -> dict[str, Any]:
+        return {"enable_lora": True, **self.model_dump(exclude_none=True)}
+
+
 class ModelDeploymentConfig(_Strict):
     """One served model: a name in /v1/models and the deployment behind it."""
 
@@ -118,6 +132,12 @@ class ModelDeploymentConfig(_Strict):
     usd_per_hour: float | None = Field(
         None, ge=0, description="price of one replica per hour (cost accounting)"
     )
+    lora: LoraServingConfig | None = Field(
+        None, description="serve LoRA adapters on this model's engines; null: none")
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        lora = self.lora.to_engine_kwargs() if self.lora is not None else {}
+        return {**self.engine.to_engine_kwargs(), **lora}
 
 
 class LLMAppConfig(_Strict):

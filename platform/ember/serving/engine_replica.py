@@ -56,6 +56,10 @@ class EngineServer(LLMServer):
         from ember.serving import engine_metrics
 
         engine_metrics.install()  # before the engine starts: Ray imports the logger then
+        if llm_config.engine_kwargs.get("enable_lora"):
+            from ember.serving.adapters import install_resolver
+
+            install_resolver(llm_config.model_id)  # before vLLM's server code lists resolvers
         await super().__init__(llm_config)
         from ember.serving.cpu_priority import on_cpu_engine, prioritise_engine_workers
 

@@ -23,7 +23,7 @@ def build_llm_config(model: ModelDeploymentConfig, resolve: bool = True):
     source = resolve_model(model.source) if resolve else model.source
     return LLMConfig(
         model_loading_config={"model_id": model.name, "model_source": source},
-        engine_kwargs=model.engine.to_engine_kwargs(),
+        engine_kwargs=model.engine_kwargs(),
         accelerator_type=model.accelerator_type,
         placement_group_config=_placement(model),
         deployment_config=_deployment_options(model),
@@ -57,6 +57,8 @@ def _deployment_options(model: ModelDeploymentConfig) -> dict[str, Any]:
 
 def _env_vars(model: ModelDeploymentConfig) -> dict[str, str]:
     env = {"HF_HUB_OFFLINE": "1"} if model.accelerator_type is None else {}
+    if model.lora is not None:  # vLLM loads an adapter it is asked for (serving.adapters)
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "1"
     return {**env, **model.env}
 
 
@@ -106,7 +108,8 @@ def build_ingress_app(config: LLMAppConfig, routes_cls: str, route_map: str,
         "batch": {"settings": config.batch.model_dump(),
                   "models": batch_models(config, [first, *others])},
         "prices": {m.name: m.usd_per_hour for m in config.models if m.usd_per_hour is not None},
-        "lora_paths": {}, **routes_kwargs}
+        "lora_paths": {}, "lora_bases": [m.name for m in config.models if m.lora is not None],
+        **routes_kwargs}
     name_prefix = f"{LLM_DEPLOYMENT_PREFIX}:"
     return build_llm_deployment(
         first, name_prefix=name_prefix, deployment_cls=serve.ingress()(EmberServer),

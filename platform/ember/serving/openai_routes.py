@@ -8,6 +8,10 @@ Ray already validates most requests (vLLM names the limit for an over-long
 prompt or an absurd `max_tokens`). This subclass adds what a client needs:
 - every error as an OpenAI error object, message unwrapped (`ember.openai_errors`),
   unknown models as 404 listing the models that exist;
+- LoRA adapters registered for a served model (`ember.models.adapters`) answer as
+  their own names: listed in /v1/models with their base as `parent`, and routed to
+  the base's replicas with the adapter's name kept, where vLLM loads them
+  (`ember.serving.adapters`);
 - an empty `messages` list refused up front, naming the field;
 - the access gate's checks that need the parsed body (`ember.access.gate`):
   the key's models (403) and the per-request ceilings (400); a streamed
@@ -27,13 +31,21 @@ from starlette.responses import JSONResponse, Response
 
 from ember.access.config import AccessConfig
 from ember.access.gate import AccessGate
-from ember.access.request_state import key_of, set_served_model, set_strip_usage
+from ember.access.request_state import (
+    key_of,
+    set_adapter_base,
+    set_served_model,
+    set_strip_usage,
+)
+from ember.models.adapters import Adapter, find_adapter, list_adapters
 from ember.openai_errors import openai_error
 from ember.ray_internals import (
     DEFAULT_ENDPOINTS,
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    ModelCard,
+    ModelList,
     OpenAIHTTPException,
     OpenAiIngress,
     ingress_model_cards,
@@ -47,8 +59,9 @@ ROUTES = {**DEFAULT_ENDPOINTS, **BATCH_ROUTES, "health": lambda app: app.get("/h
 class OpenAIRoutes(BatchRoutes, OpenAiIngress):
     def __init__(self, llm_deployments, model_cards, *, access: dict | None = None,
                  prices: dict[str, float] | None = None, batch: dict | None = None,
-                 **kwargs) -> None:
+                 lora_bases: list[str] | None = None, **kwargs) -> None:
         super().__init__(llm_deployments, model_cards, **kwargs)
+        self.lora_bases = set(lora_bases or [])  # served models whose engines load adapters
         access_config = AccessConfig(**(access or {}))
         self.gate = AccessGate(access_config, prices)  # the replica's AccessMiddleware's too
         self._init_batches(batch, access_config.url())
@@ -75,13 +88,33 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
     async def _chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         """Ray's chat route, after Ember's checks (internal calls come here directly)."""
         set_served_model(request.scope, body.model)  # the usage row's LLM (RAG: the answerer)
+        self._note_adapter(body.model, request)
         return await OpenAiIngress.chat(self, with_usage(body, request), request)
 
+    def _note_adapter(self, model: str | None, request: Request) -> None:
+        if (adapter := self.adapter(model)) is not None:
+            set_adapter_base(request.scope, adapter.base)
+
+    def adapter(self, model: str | None) -> Adapter | None:
+        """The registered adapter `model` names, if its base is served here with LoRA on."""
+        if not self.lora_bases or model is None or model in ingress_model_cards(self):
+            return None
+        found = find_adapter(model)
+        return found if found is not None and found.base in self.lora_bases else None
+
+    async def models(self) -> ModelList:
+        listed = await super().models()
+        listed.data += [_adapter_card(a) for a in list_adapters(self.lora_bases)]
+        return listed
+
     async def _get_model_id(self, model: str | None) -> str:
+        if (adapter := self.adapter(model)) is not None:
+            return adapter.base  # the base's replicas; the body keeps the adapter's name
         try:
             return await super()._get_model_id(model)
         except HTTPException as exc:  # Ray raises FastAPI's; re-shaped as an OpenAI error
-            available = ", ".join(sorted(ingress_model_cards(self)))
+            available = ", ".join(sorted(ingress_model_cards(self)) + [
+                a.name for a in list_adapters(self.lora_bases)])
             message = (
                 f"The model '{model}' does not exist. Available models: {available}."
                 if exc.status_code == 404
@@ -107,6 +140,7 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
         if refusal := self._refusal(request, body):
             return refusal
+        self._note_adapter(body.model, request)
         return await super().completions(with_usage(body, request), request)
 
     async def embeddings(self, body: EmbeddingRequest, request: Request) -> Response:
@@ -139,12 +173,19 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
                 "models": sorted(ingress_model_cards(self)), "accounting": accounting, **parts}
 
     async def model_data(self, model: str):
+        if (adapter := self.adapter(model)) is not None:
+            return _adapter_card(adapter)
         try:
             return await super().model_data(model)
         except OpenAIHTTPException as exc:
             return openai_error(
                 exc.status_code, f"The model '{model}' does not exist.", param="model"
             )
+
+
+def _adapter_card(adapter: Adapter) -> ModelCard:
+    return ModelCard(id=adapter.name, object="model", owned_by="ember", permission=[],
+                     metadata={"kind": "adapter", "parent": adapter.base, "rank": adapter.rank})
 
 
 def _no_messages() -> Response:

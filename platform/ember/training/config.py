@@ -111,11 +111,12 @@ class MethodSection(_Strict):
                                 description="bitsandbytes 4-bit base (qlora)")
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection,
                                         description="DeepSpeed ZeRO (deepspeed)")
-    # For lora/qlora: serve the adapter merged into its base (a plain model folder
-    # any vLLM can load) or export the adapter alone.
-    export: Literal["merged", "adapter"] = Field(
-        "merged", description="lora/qlora: the adapter merged into its base, or the adapter "
-                              "alone")
+    # For lora/qlora: the adapter alone (served on its base's engines by `ember
+    # serve-model`, no engine of its own), or merged into its base (a plain model
+    # folder any vLLM loads, one engine per model).
+    export: Literal["adapter", "merged"] = Field(
+        "adapter", description="lora/qlora: the adapter alone (served on its base's engines), "
+                               "or merged into its base (a full model folder)")
 
     @property
     def uses_lora(self) -> bool:

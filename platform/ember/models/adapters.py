@@ -1,0 +1,127 @@
+"""LoRA adapters served on their base model's engines (`ember serve-model` of an adapter).
+
+An adapter is a PEFT folder (`adapter_config.json` + `adapter_model.safetensors`)
+registered under its own name in `$EMBER_HOME/data/adapters/NAME/`, with
+`ember-adapter.json` naming the served base model it runs on. Serving one starts
+no engine and restarts nothing: every replica of the base finds it there on its
+first request for NAME (`ember.serving.adapters`), and vLLM keeps the most
+recently used ones loaded (`lora.max_loras` on the engine, `max_cpu_loras` in
+memory). On a multi-node cluster EMBER_HOME must be on storage every node sees,
+as for fetched models.
+
+Names: an adapter answers as its own name (`lantern-keeper`), as a fine-tuned
+model does on OpenAI's API; /v1/models lists it with its base as `parent`. Names
+are checked here so that a folder name can never leave the adapters folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ember.config.paths import data_dir
+from ember.errors import EmberError
+
+METADATA = "ember-adapter.json"
+WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class AdapterError(EmberError):
+    pass
+
+
+@dataclass(frozen=True)
+class Adapter:
+    name: str
+    base: str  # the served model it runs on
+    rank: int
+    path: Path
+
+
+def adapters_dir() -> Path:
+    return data_dir() / "adapters"
+
+
+def is_adapter_folder(folder: Path) -> bool:
+    return (folder / "adapter_config.json").is_file()
+
+
+def check_adapter_folder(folder: Path) -> int:
+    """The adapter's LoRA rank, after checking it is a LoRA folder vLLM can load."""
+    config_file = folder / "adapter_config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except FileNotFoundError:
+        raise AdapterError(f"{folder} is not a LoRA adapter: it has no "
+                           f"adapter_config.json") from None
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"{config_file} cannot be read as JSON: {exc}") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        kind = config.get("peft_type") if isinstance(config, dict) else None
+        raise AdapterError(f"{folder} holds a '{kind}' adapter; only LoRA adapters are served")
+    rank = config.get("r")
+    if not isinstance(rank, int) or rank < 1:
+        raise AdapterError(f"{config_file}: 'r' (the LoRA rank) must be a positive integer, "
+                           f"got {rank!r}")
+    if not any((folder / w).is_file() and (folder / w).stat().st_size > 0 for w in WEIGHTS):
+        raise AdapterError(f"{folder} has no adapter weights ({' or '.join(WEIGHTS)})")
+    return rank
+
+
+def check_name(name: str) -> None:
+    if not NAME.match(name):
+        raise AdapterError(f"'{name}' cannot name an adapter: use letters, digits, '.', '_' "
+                           f"and '-' (up to 128), starting with a letter or digit")
+
+
+def register_adapter(folder: Path, name: str, base: str) -> Adapter:
+    """Copy a checked adapter folder in under `name`; refuse a name already taken."""
+    check_name(name)
+    rank = check_adapter_folder(folder)
+    target = adapters_dir() / name
+    if target.exists():
+        existing = find_adapter(name)
+        on = f" on '{existing.base}'" if existing else ""
+        raise AdapterError(f"an adapter named '{name}' is already served{on}; pick another "
+                           f"--name, or remove it first (`ember models remove {name}`)")
+    staging = adapters_dir() / f".{name}.incoming"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(folder, staging, ignore=shutil.ignore_patterns(METADATA))
+    (staging / METADATA).write_text(json.dumps({"name": name, "base": base, "rank": rank}))
+    staging.rename(target)  # replicas never see a half-copied adapter
+    return Adapter(name, base, rank, target)
+
+
+def remove_adapter(name: str) -> None:
+    check_name(name)
+    target = adapters_dir() / name
+    if not target.exists():
+        raise AdapterError(f"no adapter named '{name}' is served")
+    shutil.rmtree(target)
+
+
+def read_adapter(name: str) -> Adapter:
+    meta = json.loads((adapters_dir() / name / METADATA).read_text())
+    return Adapter(name, meta["base"], int(meta["rank"]), adapters_dir() / name)
+
+
+def find_adapter(name: str | None) -> Adapter | None:
+    """The registered adapter called `name`, or None (also for names that cannot be one)."""
+    if not name or not NAME.match(name) or not (adapters_dir() / name / METADATA).is_file():
+        return None
+    try:
+        return read_adapter(name)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def list_adapters(bases: set[str] | None = None) -> list[Adapter]:
+    """Registered adapters, by name; only those on `bases` when given."""
+    if not adapters_dir().is_dir():
+        return []
+    found = (find_adapter(p.name) for p in sorted(adapters_dir().iterdir()))
+    return [a for a in found if a is not None and (bases is None or a.base in bases)]

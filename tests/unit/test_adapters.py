@@ -1,0 +1,82 @@
+"""The adapter registry's checks: what is served on a base, and what is refused by name."""
+
+import json
+
+import pytest
+from ember.models.adapters import (
+    AdapterError,
+    find_adapter,
+    list_adapters,
+    register_adapter,
+    remove_adapter,
+)
+from ember.serving.config import LoraServingConfig, ModelDeploymentConfig
+
+
+@pytest.fixture(autouse=True)
+def ember_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBER_HOME", str(tmp_path / "home"))
+
+
+def adapter_folder(tmp_path, name="a", rank=8, peft_type="LORA", weights=b"w" * 16):
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": peft_type, "r": rank, "base_model_name_or_path": "/models/base"}))
+    if weights is not None:
+        (folder / "adapter_model.safetensors").write_bytes(weights)
+    return folder
+
+
+def test_a_registered_adapter_is_found_listed_and_removed(tmp_path):
+    adapter = register_adapter(adapter_folder(tmp_path), "keeper-v1", "base-a")
+    assert (adapter.name, adapter.base, adapter.rank) == ("keeper-v1", "base-a", 8)
+    assert (adapter.path / "adapter_model.safetensors").is_file()
+    assert find_adapter("keeper-v1") == adapter
+    register_adapter(adapter_folder(tmp_path, "b"), "other", "base-b")
+    assert [a.name for a in list_adapters({"base-a"})] == ["keeper-v1"]
+    assert [a.name for a in list_adapters()] == ["keeper-v1", "other"]
+    with pytest.raises(AdapterError, match="already served on 'base-a'"):
+        register_adapter(adapter_folder(tmp_path, "c"), "keeper-v1", "base-a")
+    remove_adapter("keeper-v1")
+    assert find_adapter("keeper-v1") is None
+    with pytest.raises(AdapterError, match="no adapter named 'keeper-v1'"):
+        remove_adapter("keeper-v1")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"peft_type": "IA3"}, "holds a 'IA3' adapter; only LoRA"),
+    ({"rank": 0}, "'r' .* must be a positive integer"),
+    ({"weights": None}, "has no adapter weights"),
+    ({"weights": b""}, "has no adapter weights"),
+])
+def test_a_folder_that_is_no_loadable_lora_adapter_is_refused(tmp_path, kwargs, message):
+    with pytest.raises(AdapterError, match=message):
+        register_adapter(adapter_folder(tmp_path, **kwargs), "x", "base")
+    assert list_adapters() == []
+
+
+def test_a_folder_without_adapter_config_or_with_broken_json_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AdapterError, match="no adapter_config.json"):
+        register_adapter(tmp_path / "empty", "x", "base")
+    broken = adapter_folder(tmp_path)
+    (broken / "adapter_config.json").write_text("{not json")
+    with pytest.raises(AdapterError, match="cannot be read as JSON"):
+        register_adapter(broken, "x", "base")
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "base:adapter", "", ".hidden", "x" * 129])
+def test_names_that_could_leave_the_folder_or_confuse_routing_are_refused(tmp_path, name):
+    with pytest.raises(AdapterError, match="cannot name an adapter"):
+        register_adapter(adapter_folder(tmp_path), name, "base")
+    assert find_adapter(name) is None
+
+
+def test_lora_settings_turn_on_vllm_lora_in_the_engine_kwargs():
+    assert "enable_lora" not in ModelDeploymentConfig().engine_kwargs()
+    model = ModelDeploymentConfig(lora=LoraServingConfig(max_loras=2))
+    kwargs = model.engine_kwargs()
+    assert kwargs["enable_lora"] is True and kwargs["max_loras"] == 2
+    assert kwargs["max_lora_rank"] == 16 and "max_cpu_loras" not in kwargs
+    assert kwargs["max_model_len"] == 2048  # the engine's own settings stay
