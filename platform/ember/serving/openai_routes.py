@@ -23,6 +23,7 @@ OpenAI route of Ray's ingress keeps working unchanged.
 
 from __future__ import annotations
 
+import time
 import typing
 from types import SimpleNamespace
 
@@ -52,6 +53,8 @@ from ember.ray_internals import (
 )
 from ember.serving.batch_routes import BATCH_ROUTES, BatchRoutes
 
+ADAPTER_CHECK_S = 2.0  # a registered or removed adapter is seen within this
+
 # Ray's OpenAI routes, the Batch API and /health; `engine_replica.routes_app` binds them
 ROUTES = {**DEFAULT_ENDPOINTS, **BATCH_ROUTES, "health": lambda app: app.get("/health")}
 
@@ -62,6 +65,7 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
                  lora_bases: list[str] | None = None, **kwargs) -> None:
         super().__init__(llm_deployments, model_cards, **kwargs)
         self.lora_bases = set(lora_bases or [])  # served models whose engines load adapters
+        self._adapters: dict[str, tuple[Adapter | None, float]] = {}
         access_config = AccessConfig(**(access or {}))
         self.gate = AccessGate(access_config, prices)  # the replica's AccessMiddleware's too
         self._init_batches(batch, access_config.url())
@@ -96,11 +100,21 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
             set_adapter_base(request.scope, adapter.base)
 
     def adapter(self, model: str | None) -> Adapter | None:
-        """The registered adapter `model` names, if its base is served here with LoRA on."""
+        """The registered adapter `model` names, if its base is served here with LoRA on.
+
+        Looked up on disk at most every `ADAPTER_CHECK_S` per name: the registry may be
+        on network storage, and this runs on the replica's event loop."""
         if not self.lora_bases or model is None or model in ingress_model_cards(self):
             return None
-        found = find_adapter(model)
-        return found if found is not None and found.base in self.lora_bases else None
+        now = time.monotonic()
+        cached = self._adapters.get(model)
+        if cached is None or now - cached[1] > ADAPTER_CHECK_S:
+            found = find_adapter(model)
+            cached = self._adapters[model] = (
+                found if found is not None and found.base in self.lora_bases else None, now)
+            if len(self._adapters) > 10_000:  # names clients made up
+                self._adapters.clear()
+        return cached[0]
 
     async def models(self) -> ModelList:
         listed = await super().models()
