@@ -77,5 +77,5 @@ def run_remove(args) -> int:
 
     remove_adapter(args.name)
     print(f"adapter '{args.name}' removed: /v1/models no longer lists it and requests for it "
-          f"get 404")
+          f"get 404 (within 2 s)")
     return 0
