@@ -14,6 +14,10 @@ MAX_TOKENS=${2:-64}
 ROUNDS=${3:-3}
 PORT=${VLLM_PORT:-8100}
 MODEL=smollm2-135m-instruct
+# local.yaml serves LoRA adapters on the model (`lora:`); LORA=0 compares with a plain
+# vLLM without LoRA support, which measures what having it on costs the engine.
+LORA_ARGS="--enable-lora --max-loras 4 --max-lora-rank 16"
+[ "${LORA:-1}" = 0 ] && LORA_ARGS=""
 FOLDER=$(.venv/bin/python -c "from ember.models import resolve_model; print(resolve_model('$MODEL'))" | tail -1)
 OUT=${OUT_DIR:-bench-results}
 mkdir -p "$OUT"
@@ -25,6 +29,7 @@ VLLM_CPU_KVCACHE_SPACE=2 HF_HUB_OFFLINE=1 .venv/bin/python -m vllm.entrypoints.o
   --model "$FOLDER" \
   --served-model-name $MODEL --port $PORT --host 127.0.0.1 \
   --max-model-len 2048 --dtype float32 --enforce-eager --max-num-seqs 64 \
+  $LORA_ARGS \
   > "$OUT/vllm-serve.log" 2>&1 &
 VLLM_PID=$!
 trap 'kill $VLLM_PID 2>/dev/null; wait $VLLM_PID 2>/dev/null || true' EXIT
