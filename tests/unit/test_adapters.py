@@ -80,3 +80,39 @@ def test_lora_settings_turn_on_vllm_lora_in_the_engine_kwargs():
     assert kwargs["enable_lora"] is True and kwargs["max_loras"] == 2
     assert kwargs["max_lora_rank"] == 16 and "max_cpu_loras" not in kwargs
     assert kwargs["max_model_len"] == 2048  # the engine's own settings stay
+
+
+def serve_details(*models):
+    return {"applications": {"ember": {"deployed_app_config": {"args": {"models": list(models)}}}}}
+
+
+def test_serve_model_registers_an_adapter_on_the_base_that_serves_adapters(tmp_path):
+    from ember.cluster.serve_models import add_adapter
+
+    details = serve_details({"name": "plain", "source": "/models/other"},
+                            {"name": "with-lora", "source": "/models/base", "lora": {}})
+    path = add_adapter(details, adapter_folder(tmp_path), "keeper", "ember", progress=str)
+    assert find_adapter("keeper").base == "with-lora" and path == find_adapter("keeper").path
+
+
+@pytest.mark.parametrize("models, kwargs, message", [
+    ([{"name": "m", "source": "/models/base"}], {}, "no model of 'ember' serves LoRA adapters"),
+    ([{"name": "m", "source": "/models/base", "lora": {"max_lora_rank": 4}}], {},
+     "rank is 8, above 'm's lora.max_lora_rank \\(4\\)"),
+    ([{"name": "m", "source": "/models/base", "lora": {}}], {"name": "m"},
+     "'m' is a served model's name"),
+    ([{"name": "m", "source": "/models/base", "lora": {}}], {"base": "other"},
+     "--base 'other' is not a served model with `lora:` on"),
+    ([{"name": "a", "source": "/models/a", "lora": {}},
+      {"name": "b", "source": "/models/b", "lora": {}}], {},
+     "trained on '/models/base', which no served model loads; name its base with --base"),
+])
+def test_serve_model_refuses_an_adapter_it_cannot_place(tmp_path, models, kwargs, message):
+    from ember.cluster.serve_models import add_adapter
+    from ember.errors import ClusterError
+
+    args = {"name": "keeper", "base": None, **kwargs}
+    with pytest.raises(ClusterError, match=message):
+        add_adapter(serve_details(*models), adapter_folder(tmp_path), args["name"], "ember",
+                    args["base"], progress=str)
+    assert list_adapters() == []

@@ -132,8 +132,6 @@ def _adapter_base(models: list[dict], folder: Path, base: str | None, app_name: 
     """The served model the adapter runs on: --base, else the one it was trained on."""
     import json
 
-    from ember.models.catalogue import resolve_model
-
     with_lora = [m for m in models if m.get("lora") is not None]
     names = [m.get("name") for m in with_lora]
     if not with_lora:
@@ -148,13 +146,24 @@ def _adapter_base(models: list[dict], folder: Path, base: str | None, app_name: 
     trained_on = json.loads((folder / "adapter_config.json").read_text()).get(
         "base_model_name_or_path")
     for model in with_lora:
-        if trained_on and str(resolve_model(model.get("source", model["name"]))) == str(
-                trained_on):
+        if trained_on and _folder_of(model) == str(trained_on):
             return model
     if len(with_lora) == 1:
         return with_lora[0]
     raise ClusterError(f"the adapter was trained on '{trained_on}', which no served model "
                        f"loads; name its base with --base (one of {names})")
+
+
+def _folder_of(model: dict) -> str:
+    """The folder a served model's engine loads (its source as written if unresolvable)."""
+    from ember.errors import EmberError
+    from ember.models.catalogue import resolve_model
+
+    source = model.get("source", model["name"])
+    try:
+        return str(resolve_model(source))
+    except EmberError:
+        return str(source)
 
 
 def wait_for_model(base_url: str, name: str, dashboard_url: str, app_name: str,
