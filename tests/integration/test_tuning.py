@@ -156,6 +156,7 @@ def test_mlflow_has_the_parent_run_child_runs_and_the_best_tagged(sweep, mlflow_
 
 
 def test_best_config_is_a_ready_to_run_sft_job(sweep, tmp_path):
+    from ember.models.adapters import check_adapter_folder
     from ember.training.job import load_job_config, run_sft
 
     result = sweep.result
@@ -170,7 +171,8 @@ def test_best_config_is_a_ready_to_run_sft_job(sweep, tmp_path):
     assert job.train.lr == pytest.approx(result.best.params["train.lr"])
     assert job.method.lora.r == result.best.params["method.lora.r"]
     outcome = run_sft(job)
-    assert (Path(outcome.model_dir) / "model.safetensors").is_file()
+    # a LoRA job exports its adapter (served on the base's engines by `ember serve-model`)
+    assert check_adapter_folder(Path(outcome.model_dir)) == job.method.lora.r
 
 
 def test_killed_sweep_is_restored_without_rerunning_ended_trials(sweep, mlflow_uri):
