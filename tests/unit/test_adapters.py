@@ -116,3 +116,14 @@ def test_serve_model_refuses_an_adapter_it_cannot_place(tmp_path, models, kwargs
         add_adapter(serve_details(*models), adapter_folder(tmp_path), args["name"], "ember",
                     args["base"], progress=str)
     assert list_adapters() == []
+
+
+def test_serve_model_names_a_broken_adapter_config_before_looking_for_its_base(tmp_path):
+    from ember.cluster.serve_models import add_adapter
+
+    folder = adapter_folder(tmp_path)
+    (folder / "adapter_config.json").write_text("{not json")
+    details = serve_details({"name": "a", "source": "/models/a", "lora": {}},
+                            {"name": "b", "source": "/models/b", "lora": {}})
+    with pytest.raises(AdapterError, match="cannot be read as JSON"):
+        add_adapter(details, folder, "keeper", "ember", progress=str)

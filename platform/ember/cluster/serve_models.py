@@ -107,8 +107,8 @@ def add_adapter(details: dict, folder: Path, name: str, app_name: str,
     models = _app_models(details, app_name)
     if name in {m.get("name") for m in models}:
         raise ClusterError(f"'{name}' is a served model's name; pick another --name")
+    rank = check_adapter_folder(folder)  # first: the base is found from its config
     model = _adapter_base(models, folder, base, app_name)
-    rank = check_adapter_folder(folder)
     limit = LoraServingConfig(**model["lora"]).max_lora_rank
     if rank > limit:
         raise ClusterError(f"the adapter's rank is {rank}, above '{model['name']}'s "

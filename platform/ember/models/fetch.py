@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ember.config.paths import default_tracking_uri, models_dir
 from ember.errors import EmberError
+from ember.models.adapters import is_adapter_folder
 
 
 def fetch_model(source: str, name: str, tracking_uri: str | None = None,
@@ -48,7 +49,7 @@ def _download(uri: str, name: str, tracking_uri: str | None) -> Path:
 
 
 def _check_model_folder(folder: Path, source: str, adapters: bool) -> None:
-    if (folder / "adapter_config.json").is_file():
+    if is_adapter_folder(folder):
         if adapters:
             return
         raise EmberError(f"{source} is a LoRA adapter alone; this needs a full model (train "
