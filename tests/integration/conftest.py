@@ -126,6 +126,12 @@ def auth(api_key) -> dict:
     return {"Authorization": f"Bearer {api_key}"}
 
 
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory) -> str:
+    """An MLflow store (SQLite) of the test module's own: training and sweep runs."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
 @pytest.fixture(scope="session")
 def serve_config(milvus_uri, access_url, tmp_path_factory) -> dict:
     """cluster/serve/local.yaml with the session's port, Milvus file and keys database."""

@@ -1,18 +1,14 @@
 """Bad SFT input is refused before it costs anything: a data file with invalid lines
 stops the job before any Ray Train worker starts; an unknown config key is named
-before Ray is touched. (The training runs themselves: test_training.py.)"""
+before Ray is touched. (The training runs themselves: test_training.py and
+test_training_full.py.)"""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.integration.conftest import REPO
-from tests.integration.test_training import job, run
-
-
-@pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow-input') / 'mlflow.db'}"
+from tests.integration.training_support import job, run
 
 
 def test_invalid_lines_stop_the_job_before_any_worker(ray_cluster, tmp_path, mlflow_uri):

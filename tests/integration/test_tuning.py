@@ -1,6 +1,6 @@
 """Sweeps for real: Ray Tune + Optuna + ASHA over the SFT job, MLflow parent/child runs.
 
-Trials train the LoRA job on the small random model of test_training.py (four
+Trials train the LoRA job on the small random model of training_support.py (four
 steps each, evaluated at steps 2 and 4), one trial at a time so the order ASHA
 sees is fixed: a sound config first, then one with a learning rate far too high
 (stopped at its first evaluation), then one whose config crashes, then one
@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from tests.integration.conftest import REPO
-from tests.integration.test_training import TINY_MODEL
+from tests.integration.training_support import TINY_MODEL
 
 # Longer than the suite's ceiling (pyproject.toml): the sweep waits up to 900 s for two
 # ended trials, then may run for its time_budget_s (1200 s), paid by the first test.
@@ -65,11 +65,6 @@ def sweep_yaml(tmp: Path, mlflow_uri: str, name: str, points: list[dict], sample
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-@pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow-tune') / 'mlflow.db'}"
 
 
 @dataclass
