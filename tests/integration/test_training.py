@@ -70,13 +70,33 @@ def test_lora_sample_answers_compare_base_and_tuned(lora_run):
     the two differ: equal answers would mean one model answered twice."""
     config, result = lora_run
     [sample] = result.samples
-    assert set(sample) == {"prompt", "base", "tuned"}
+    assert set(sample) == {"prompt", "base", "tuned", "reference"}
     lines = (REPO / config.data.path).read_text().splitlines()
-    questions = {m["content"] for line in lines if line.strip()
-                 for m in json.loads(line)["messages"] if m["role"] == "user"}
-    assert sample["prompt"] in questions
+    replies = {m[0]["content"]: m[1]["content"] for line in lines if line.strip()
+               for m in [json.loads(line)["messages"]]}
+    assert replies[sample["prompt"]] == sample["reference"]  # the held-out chat's own reply
     assert sample["base"] and sample["tuned"]
     assert sample["tuned"] != sample["base"], sample
+
+
+def test_the_registered_version_carries_its_model_card(lora_run, mlflow_uri, tmp_path):
+    """The card (run artefact and the version's description) names the base, the data, the
+    method and its evaluation: validation perplexity and the held-out answers' scores."""
+    config, result = lora_run
+    client = mlflow_client(mlflow_uri)
+    card = Path(client.download_artifacts(result.run_id, "model_card.md", str(tmp_path)))
+    text = card.read_text()
+    name, version = result.registered.removeprefix("models:/").split("/")
+    assert client.get_model_version(name, version).description == text
+    base, tuned = (result.metrics["base_val_perplexity"], result.metrics["val_perplexity"])
+    assert (f"| validation perplexity (lower is better) | {base:.2f} | {tuned:.2f} |"
+            in text)
+    assert "| token F1, 1 held-out answers |" in text
+    assert f"Fine-tuned from **{config.model.source}**" in text
+    assert "r=16, alpha=32" in text and config.data.path in text
+    assert f"ember serve-model {result.registered} --name NAME" in text
+    metrics = client.get_run(result.run_id).data.metrics
+    assert {"eval_base_f1", "eval_tuned_f1", "eval_tuned_rouge_l"} <= set(metrics)
 
 
 def test_qlora_trains_on_a_4bit_base(ray_cluster, tmp_path, mlflow_uri):
@@ -113,7 +133,8 @@ def served_rows(access_url: str, model: str) -> int:
 
 
 def test_the_trained_adapter_is_served_on_the_running_base_without_a_restart(
-        lora_run, base_url, dashboard_url, openai_client, mlflow_uri, access_url, capsys):
+        lora_run, base_url, dashboard_url, openai_client, mlflow_uri, access_url, capsys,
+        tmp_path):
     """`ember serve-model models:/...` of the LoRA job's adapter: no engine starts and no
     replica restarts; the adapter answers within seconds, differently from its base (the
     job's own base-vs-tuned sample), RAG included, with usage rows in its name, while
@@ -166,6 +187,17 @@ def test_the_trained_adapter_is_served_on_the_running_base_without_a_restart(
     while served_rows(access_url, "lantern-keeper") < 3 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert served_rows(access_url, "lantern-keeper") == 3  # a chat, the sample, RAG
+
+    # `ember eval model` on the job's own held-out split (val_fraction 0.1, seed 0): the
+    # adapter's perplexity on the keeper's replies is below its base's
+    report = tmp_path / "eval.json"
+    assert main(["eval", "model", "lantern-keeper", "--base", "smollm2-135m-instruct",
+                 "--data", str(REPO / "samples" / "sft" / "lantern-keeper.jsonl"),
+                 "--val-fraction", "0.1", "--max-examples", "8", "--max-tokens", "32",
+                 "--json", str(report), "--url", base_url]) == 0
+    figures = json.loads(report.read_text())
+    assert figures["tuned"]["examples"] == figures["base"]["examples"] == 8
+    assert figures["tuned"]["perplexity"] < figures["base"]["perplexity"], figures
 
     assert main(["models", "remove", "lantern-keeper"]) == 0
     assert "lantern-keeper" not in [m.id for m in openai_client.models.list().data]

@@ -1,14 +1,18 @@
-"""`ember eval retrieval QUESTIONS.jsonl --collection NAME`: retrieval quality and latency."""
+"""`ember eval retrieval QUESTIONS.jsonl --collection NAME`: retrieval quality and latency.
+`ember eval model MODEL --base BASE --data HELD_OUT.jsonl`: a model's answers and
+perplexity on held-out chats, beside its base."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ember.cli.chat_cmd import add_url_args
 
 
 def register(commands) -> None:
-    evaluate = commands.add_parser("eval", help="evaluate the service (retrieval quality)")
+    evaluate = commands.add_parser("eval", help="evaluate the service (retrieval quality, "
+                                                "a model against its base)")
     kinds = evaluate.add_subparsers(dest="kind", required=True, metavar="KIND")
     retrieval = kinds.add_parser(
         "retrieval", help="hit@1/3/5, MRR@10 and latency of /v1/retrieve on questions whose "
@@ -21,6 +25,53 @@ def register(commands) -> None:
     retrieval.add_argument("--json", help="also write the figures and every miss here")
     add_url_args(retrieval)
     retrieval.set_defaults(func=run_retrieval)
+    register_model(kinds)
+
+
+def register_model(kinds) -> None:
+    model = kinds.add_parser(
+        "model", help="perplexity, exact match, token F1 and ROUGE-L of a served model on "
+                      "held-out chats, beside its base, through the running service")
+    model.add_argument("model", help="the served model (an adapter's name, a model's name)")
+    model.add_argument("--base", help="also evaluate this served model, side by side")
+    model.add_argument("--data", required=True,
+                       help="SFT JSONL (chat or Alpaca); the last assistant turn is the reference")
+    model.add_argument("--format", default="auto", choices=("auto", "chat", "alpaca"))
+    model.add_argument("--val-fraction", type=float, default=0.0,
+                       help="evaluate only the held-out split `ember train` makes from this "
+                            "file with this val_fraction (and --seed); 0: every line")
+    model.add_argument("--seed", type=int, default=0, help="the training config's data.seed")
+    model.add_argument("--max-examples", type=int, help="the first N examples only")
+    model.add_argument("--max-tokens", type=int, default=128, help="per answer")
+    model.add_argument("--concurrency", type=int, default=8)
+    model.add_argument("--json", help="write the figures and every example's scores here")
+    model.add_argument("--markdown", help="write the report (table and changed answers) here")
+    add_url_args(model)
+    model.set_defaults(func=run_model)
+
+
+def run_model(args) -> int:
+    from ember.client import Client
+    from ember.eval import model_eval as ev
+
+    examples, report = ev.load_eval_examples(args.data, args.format, args.val_fraction,
+                                             args.seed, args.max_examples)
+    skipped = f", {len(report.issues)} bad line(s) skipped" if report.issues else ""
+    for issue in report.issues[:10]:
+        print(f"  line {issue.line} ({issue.kind}): {issue.message}")
+    print(f"{len(examples)} examples from {args.data}{skipped}")
+    with Client(args.url, api_key=args.api_key, timeout=300) as client:
+        tuned = ev.evaluate_model(client, args.model, examples, args.max_tokens, args.concurrency)
+        base = (ev.evaluate_model(client, args.base, examples, args.max_tokens, args.concurrency)
+                if args.base else None)
+    print(ev.format_table(tuned, base))
+    if base:
+        print(f"{len(ev.changed_examples(tuned, base))} of {len(examples)} answers changed")
+    if args.markdown:
+        Path(args.markdown).write_text(ev.markdown_report(tuned, base, examples, args.data))
+    if args.json:
+        Path(args.json).write_text(json.dumps(ev.as_json(tuned, base, args.data), indent=2))
+    return 0
 
 
 def run_retrieval(args) -> int:

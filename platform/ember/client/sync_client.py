@@ -48,6 +48,11 @@ class Client:
         t.raise_for_error(response.status_code, response.text)
         return t.parse_chat(response.json())
 
+    def chat_json(self, body: dict) -> dict:
+        """POST a chat completion body as given; the server's JSON as is, with vLLM's
+        extensions (prompt_logprobs, prompt_token_ids) that `chat` drops."""
+        return self._post("/v1/chat/completions", body)
+
     def stream_chat(
         self,
         messages: t.Messages,

@@ -12,6 +12,7 @@ Order matters for what a failure leaves behind:
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,8 +74,9 @@ def run_sft(config: SFTJobConfig, callbacks: list | None = None,
     connect_ray()
     tracker = _start_tracking(config, prepared, run_tags or {})
     try:
+        started = time.monotonic()
         result = _fit(config, prepared, tracker, callbacks or [])
-        outcome = _after_training(config, result, prepared, tracker)
+        outcome = _after_training(config, result, prepared, tracker, time.monotonic() - started)
     except BaseException:
         if tracker is not None:
             tracker.finish(failed=True)
@@ -125,7 +127,8 @@ def _fit(config: SFTJobConfig, prepared, tracker, callbacks: list):
     return trainer.fit()
 
 
-def _after_training(config: SFTJobConfig, result, prepared, tracker) -> SFTResult:
+def _after_training(config: SFTJobConfig, result, prepared, tracker,
+                    seconds: float) -> SFTResult:
     import ray
 
     from ember.training.export import build_servable, format_samples, sample_answers
@@ -141,36 +144,56 @@ def _after_training(config: SFTJobConfig, result, prepared, tracker) -> SFTResul
     servable = ray.remote(**resources)(build_servable)
     model_dir = ray.get(servable.remote(config, checkpoint / "export", target))
     outcome = SFTResult(str(checkpoint), str(model_dir), metrics)
-    prompts = _sample_prompts(config, prepared)
-    if prompts:
+    held_out = _held_out_samples(config, prepared)
+    if held_out:
         answers = ray.remote(**resources)(sample_answers)
-        outcome.samples = ray.get(answers.remote(config, model_dir, prompts))
+        outcome.samples = ray.get(answers.remote(config, model_dir, [p for p, _ in held_out]))
+        for row, (_, reference) in zip(outcome.samples, held_out, strict=True):
+            row["reference"] = reference
         print("[ember.train] sample answers, base vs tuned:\n"
               + format_samples(outcome.samples), flush=True)
     if tracker is not None:
-        _record(config, tracker, outcome)
+        _record(config, tracker, outcome, prepared, seconds)
     return outcome
 
 
-def _sample_prompts(config: SFTJobConfig, prepared) -> list[list[dict]]:
-    """Each validation conversation up to its first user turn."""
+def _held_out_samples(config: SFTJobConfig, prepared) -> list[tuple[list[dict], str | None]]:
+    """(prompt, reference) of the first validation conversations: each up to its first user
+    turn, and the assistant reply that follows it (None where none does)."""
     if prepared is None or config.eval.sample_prompts == 0:
         return []
-    prompts = []
+    samples = []
     for row in prepared.val_examples[: config.eval.sample_prompts]:
         messages = row["messages"]
         first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
-        prompts.append(messages[: first_user + 1])
-    return prompts
+        after = messages[first_user + 1: first_user + 2]
+        reference = after[0]["content"] if after and after[0]["role"] == "assistant" else None
+        samples.append((messages[: first_user + 1], reference))
+    return samples
 
 
-def _record(config: SFTJobConfig, tracker, outcome: SFTResult) -> None:
+def _record(config: SFTJobConfig, tracker, outcome: SFTResult, prepared,
+            seconds: float) -> None:
+    """Metrics, the model, the sample answers and the model card into the MLflow run; the
+    registered version (if any) carries the card as its description."""
+    from ember.training.model_card import render_model_card, score_samples
+
     summary = {k: v for k, v in outcome.metrics.items() if isinstance(v, int | float)}
     tracker.log_metrics({f"final_{k}": v for k, v in summary.items()})
+    scores = score_samples(outcome.samples)
+    tracker.log_metrics({f"eval_{who}_{metric}": value for who, means in scores.items()
+                         for metric, value in means.items()})
     tracker.log_artifacts(Path(outcome.model_dir), "model")
     if outcome.samples:
         tracker.log_text(json.dumps(outcome.samples, indent=1), "eval/sample_answers.json")
     outcome.run_id = tracker.run_id
+    version = None
     if config.tracking.register_as:
         version = tracker.register(config.tracking.register_as, "model")
         outcome.registered = f"models:/{config.tracking.register_as}/{version}"
+    card = render_model_card(config, outcome.metrics, outcome.samples,
+                             prepared.report_text if prepared else "", seconds,
+                             outcome.registered)
+    tracker.log_text(card, "model_card.md")
+    if version is not None:
+        tracker.describe(config.tracking.register_as, version, card)

@@ -88,6 +88,10 @@ class JobTracker:
         version = self.client.create_model_version(name, source=source, run_id=self.run_id)
         return int(version.version)
 
+    def describe(self, name: str, version: int, text: str) -> None:
+        """The registered version's description (MLflow's model page shows it)."""
+        self.client.update_model_version(name, str(version), description=text)
+
     def finish(self, failed: bool = False) -> None:
         self.client.set_terminated(self.run_id, RUN_STATUS_FAILED if failed else "FINISHED")
 
