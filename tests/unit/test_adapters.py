@@ -127,3 +127,18 @@ def test_serve_model_names_a_broken_adapter_config_before_looking_for_its_base(t
                             {"name": "b", "source": "/models/b", "lora": {}})
     with pytest.raises(AdapterError, match="cannot be read as JSON"):
         add_adapter(details, folder, "keeper", "ember", progress=str)
+
+
+def test_a_load_failure_is_recorded_on_the_adapter_until_it_is_registered_again(tmp_path):
+    from ember.models.adapters import record_load_error
+
+    register_adapter(adapter_folder(tmp_path), "broken", "base-a")
+    assert find_adapter("broken").load_error is None
+    record_load_error("broken", "SafetensorError: header too large")
+    assert find_adapter("broken").load_error == "SafetensorError: header too large"
+    assert list_adapters()[0].load_error == "SafetensorError: header too large"
+    record_load_error("never-registered", "x")  # another resolver's name: nothing written
+    assert find_adapter("never-registered") is None
+    remove_adapter("broken")
+    register_adapter(adapter_folder(tmp_path, "fixed"), "broken", "base-a")
+    assert find_adapter("broken").load_error is None

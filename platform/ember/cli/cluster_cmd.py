@@ -125,9 +125,23 @@ def run_status(args) -> int:
         for deployment, state in app["deployments"].items():
             print(f"  {deployment}: {state}")
     _print_services()
+    _print_adapters()
     if summary:
         _print_health(details.get("http_options") or {})
     return 0
+
+
+def _print_adapters() -> None:
+    """The registered LoRA adapters, and why any failed to load."""
+    from ember.models.adapters import list_adapters
+
+    adapters = list_adapters()
+    if adapters:
+        failed = [a for a in adapters if a.load_error]
+        print(f"LoRA adapters: {len(adapters)} registered"
+              + (f", {len(failed)} failed to load" if failed else ""))
+        for adapter in failed:
+            print(f"  {adapter.name} on {adapter.base}: LOAD FAILED: {adapter.load_error}")
 
 
 def _print_services() -> None:

@@ -68,6 +68,8 @@ def run_adapters(args) -> int:
     print(f"{'name':<32} {'base':<28} {'rank':>4}  path")
     for adapter in found:
         print(f"{adapter.name:<32} {adapter.base:<28} {adapter.rank:>4}  {adapter.path}")
+        if adapter.load_error:
+            print(f"  LOAD FAILED (not retried): {adapter.load_error}")
     return 0
 
 

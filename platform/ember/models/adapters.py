@@ -12,6 +12,12 @@ as for fetched models.
 Names: an adapter answers as its own name (`lantern-keeper`), as a fine-tuned
 model does on OpenAI's API; /v1/models lists it with its base as `parent`. Names
 are checked here so that a folder name can never leave the adapters folder.
+
+An adapter that fails to load in an engine (its weights unreadable or not matching the
+base) gets `load-error.json` beside its files (`record_load_error`): its first request
+answers vLLM's 400, later ones Ember's 400 naming the error, without another load, and
+`ember models adapters` / `ember status` show it. Registering it again (a new folder)
+clears the record.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +33,7 @@ from ember.config.paths import data_dir
 from ember.errors import EmberError
 
 METADATA = "ember-adapter.json"
+LOAD_ERROR = "load-error.json"
 WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -40,6 +48,7 @@ class Adapter:
     base: str  # the served model it runs on
     rank: int
     path: Path
+    load_error: str | None = None  # why an engine could not load it (then not retried)
 
 
 def adapters_dir() -> Path:
@@ -90,7 +99,7 @@ def register_adapter(folder: Path, name: str, base: str) -> Adapter:
                            f"--name, or remove it first (`ember models remove {name}`)")
     staging = adapters_dir() / f".{name}.incoming"
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(folder, staging, ignore=shutil.ignore_patterns(METADATA))
+    shutil.copytree(folder, staging, ignore=shutil.ignore_patterns(METADATA, LOAD_ERROR))
     (staging / METADATA).write_text(json.dumps({"name": name, "base": base, "rank": rank}))
     staging.rename(target)  # replicas never see a half-copied adapter
     return Adapter(name, base, rank, target)
@@ -105,8 +114,29 @@ def remove_adapter(name: str) -> None:
 
 
 def read_adapter(name: str) -> Adapter:
-    meta = json.loads((adapters_dir() / name / METADATA).read_text())
-    return Adapter(name, meta["base"], int(meta["rank"]), adapters_dir() / name)
+    folder = adapters_dir() / name
+    meta = json.loads((folder / METADATA).read_text())
+    return Adapter(name, meta["base"], int(meta["rank"]), folder, _load_error(folder))
+
+
+def _load_error(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / LOAD_ERROR).read_text())["message"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return "an engine could not load it (its load-error.json is unreadable)"
+
+
+def record_load_error(name: str, message: str) -> None:
+    """Note that an engine failed to load the registered adapter `name`: later requests
+    are refused with `message` instead of loading it again."""
+    folder = adapters_dir() / name
+    if not NAME.match(name) or not (folder / METADATA).is_file():
+        return  # not one of ours (removed meanwhile, or another resolver's)
+    staging = folder / f".{LOAD_ERROR}.{time.time_ns()}"
+    staging.write_text(json.dumps({"message": message[:2000], "at": time.time()}))
+    staging.replace(folder / LOAD_ERROR)
 
 
 def find_adapter(name: str | None) -> Adapter | None:

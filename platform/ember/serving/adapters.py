@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from ember.models.adapters import find_adapter
+from ember.models.adapters import find_adapter, record_load_error
 
 logger = logging.getLogger("ember.adapters")
 RESOLVER_NAME = "ember-adapters"
@@ -36,3 +36,20 @@ def install_resolver(model_id: str) -> None:
 
     if RESOLVER_NAME not in LoRAResolverRegistry.get_supported_resolvers():
         LoRAResolverRegistry.register_resolver(RESOLVER_NAME, AdapterResolver())
+
+
+def record_load_failures(engine_client) -> None:
+    """Record an adapter the engine fails to load (`record_load_error`), so Ember's routes
+    refuse its later requests with the reason instead of vLLM loading it again each time."""
+    add_lora = engine_client.add_lora
+
+    async def add_lora_or_record(lora_request):
+        try:
+            return await add_lora(lora_request)
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            logger.error("adapter '%s' failed to load: %s", lora_request.lora_name, message)
+            record_load_error(lora_request.lora_name, message)
+            raise
+
+    engine_client.add_lora = add_lora_or_record  # vLLM's serving code calls it at request time

@@ -61,6 +61,10 @@ class EngineServer(LLMServer):
 
             install_resolver(llm_config.model_id)  # before vLLM's server code lists resolvers
         await super().__init__(llm_config)
+        if llm_config.engine_kwargs.get("enable_lora"):
+            from ember.serving.adapters import record_load_failures
+
+            record_load_failures(engine_client(self))
         from ember.serving.cpu_priority import on_cpu_engine, prioritise_engine_workers
 
         if cpu_worker_niceness is not None and on_cpu_engine():

@@ -123,6 +123,12 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
 
     async def _get_model_id(self, model: str | None) -> str:
         if (adapter := self.adapter(model)) is not None:
+            if adapter.load_error:
+                raise OpenAIHTTPException(
+                    400, f"The adapter '{model}' could not be loaded on '{adapter.base}': "
+                    f"{adapter.load_error}. It is not retried: fix its files and serve it "
+                    f"again (ember models remove {model}, then ember serve-model).",
+                    type="adapter_load_failed")
             return adapter.base  # the base's replicas; the body keeps the adapter's name
         try:
             return await super()._get_model_id(model)
