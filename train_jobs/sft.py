@@ -24,11 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from ember.config.loading import parse_set_overrides
     from ember.errors import EmberError
-    from ember.training.job import load_job_config, run_sft
+    from ember.training.job import load_job_config, run_sft_logged
 
     try:
         config = load_job_config(args.config, parse_set_overrides(args.set))
-        result = run_sft(config)
+        result = run_sft_logged(config)
     except EmberError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

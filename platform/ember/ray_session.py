@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-LIBRARY_LOGGERS = ("ray", "ray.data", "ray.serve", "pymilvus")
+LIBRARY_LOGGERS = ("ray", "ray.data", "ray.serve", "ray.train", "ray.tune", "pymilvus")
+# how Ray's driver marks a line a worker printed: "(RayTrainWorker pid=123, ip=...) ",
+# coloured on a terminal
+RAY_PREFIX = re.compile(r"^(\x1b\[[0-9;]*m)?\([^)]*pid=[^)]*\)(\x1b\[[0-9;]*m)?\s*")
 
 
 def connect_ray(log_to_driver: bool = True) -> None:
@@ -40,8 +44,11 @@ def connect_ray(log_to_driver: bool = True) -> None:
 
 
 @contextmanager
-def ray_logs_to(path: Path):
+def ray_logs_to(path: Path, keep: str | None = None):
     """Send Ray's, Ray Data's and pymilvus' logs to `path` for the block's duration.
+
+    `keep`: worker output lines holding this tag (`[ember.train]`) still reach the
+    terminal, without Ray's "(Actor pid=N)" prefix: Ember's own lines from its workers.
 
     Python loggers get a file handler in place of theirs. Ray's C++ core also
     writes warnings straight to the process's stderr (file descriptor 2), so
@@ -65,7 +72,7 @@ def ray_logs_to(path: Path):
     sys.stderr.flush()
     real_stderr = os.dup(2)
     os.dup2(handler.stream.fileno(), 2)
-    real_stdout, sys.stdout = sys.stdout, _RayThreadsTo(handler.stream, sys.stdout)
+    real_stdout, sys.stdout = sys.stdout, _RayThreadsTo(handler.stream, sys.stdout, keep)
     try:
         yield path
     finally:
@@ -90,20 +97,32 @@ def quiet_ray_data() -> None:
 
 
 class _RayThreadsTo:
-    """sys.stdout stand-in: Ray's driver threads (named `ray_*`) write to `file`."""
+    """sys.stdout stand-in: Ray's driver threads (named `ray_*`) write to `file`, but for
+    whole lines holding `keep`, which go to the terminal without Ray's actor prefix."""
 
-    def __init__(self, file, terminal) -> None:
-        self._file, self._terminal = file, terminal
-
-    def _target(self):
-        ray_thread = threading.current_thread().name.startswith("ray_")
-        return self._file if ray_thread else self._terminal
+    def __init__(self, file, terminal, keep: str | None = None) -> None:
+        self._file, self._terminal, self._keep = file, terminal, keep
+        self._partial = threading.local()  # a Ray thread's line so far (print writes in pieces)
 
     def write(self, text: str) -> int:
-        return self._target().write(text)
+        if not threading.current_thread().name.startswith("ray_"):
+            return self._terminal.write(text)
+        if self._keep is None:
+            return self._file.write(text)
+        written = len(text)
+        text = getattr(self._partial, "text", "") + text
+        *lines, self._partial.text = text.split("\n")
+        for line in lines:
+            if self._keep in line:
+                self._terminal.write(RAY_PREFIX.sub("", line) + "\n")
+                self._terminal.flush()
+            else:
+                self._file.write(line + "\n")
+        return written
 
     def flush(self) -> None:
-        self._target().flush()
+        self._file.flush()
+        self._terminal.flush()
 
     def __getattr__(self, name: str):
         return getattr(self._terminal, name)

@@ -99,22 +99,52 @@ def test_the_registered_version_carries_its_model_card(lora_run, mlflow_uri, tmp
     assert {"eval_base_f1", "eval_tuned_f1", "eval_tuned_rouge_l"} <= set(metrics)
 
 
-def test_qlora_trains_on_a_4bit_base(ray_cluster, tmp_path, mlflow_uri):
+# what `ember train` printed before its output went to the run's log (issue 25): Ray
+# Train's result dumps, Ray's worker prefixes, transformers' bars, bitsandbytes' warning
+NOISE = ("TrainingReport", "Reporting training result", "pid=", "Loading weights",
+         "bitsandbytes", "PreemptionWatcher", "core_worker")
+
+
+def test_qlora_trains_on_a_4bit_base_and_the_terminal_shows_embers_lines(
+        ray_cluster, tmp_path, mlflow_uri):
+    """The QLoRA job as `ember train` runs it (`python -m train_jobs.sft`, its own driver
+    on the cluster): it trains on a 4-bit base, and its terminal holds Ember's lines, the
+    workers' included, while Ray's and the libraries' output goes to the run's log."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
     config = job("sft-qlora-cpu.yaml", tmp_path, mlflow_uri, name="keeper-qlora",
                  scaling={"resources_per_worker": {"CPU": 2}}, eval={"sample_prompts": 0},
                  tracking={"register_as": None},
                  train={"max_steps": 3, "batch_size": 4, "lr": 2e-3, "warmup_steps": 1,
                         "eval_every": 0, "checkpoint_every": 0, **FAST})
-    result = run(config)
-    assert result.metrics["val_loss"] < result.metrics["base_val_loss"]
+    config_file = tmp_path / "qlora.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
+           "RAY_AUTH_MODE": "token"}
+    done = subprocess.run([sys.executable, "-m", "train_jobs.sft", "--config", str(config_file)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    terminal = done.stdout + done.stderr
+    assert not [n for n in NOISE if n in terminal], terminal
+    lines = done.stdout.splitlines()
+    assert any(x.startswith("[ember.train] step 3/3 | loss") for x in lines), terminal  # a worker's
+    log = Path(lines[0].rsplit(": ", 1)[1])
+    assert [n for n in NOISE if n in log.read_text()], "Ray's output is not in the run's log"
+    printed = {key.strip(): value.strip() for key, value in (  # SFTResult.format()'s lines
+        x.split(" : ", 1) for x in lines if " : " in x and not x.startswith("["))}
     client = mlflow_client(mlflow_uri)
-    params = client.get_run(result.run_id).data.params
+    metrics = client.get_run(printed["mlflow run"]).data.metrics
+    assert metrics["final_val_loss"] < metrics["final_base_val_loss"]
+    params = client.get_run(printed["mlflow run"]).data.params
     assert params["method.quant.quant_type"] == "nf4"
     assert params["method.quant.double_quant"] == "True"
     # A 4-bit base has fewer parameter elements (packed) than the bf16 model's 134.5M.
-    total = client.get_run(result.run_id).data.metrics["total_params"]
-    assert total < 100e6
-    assert (Path(result.model_dir) / "model.safetensors").is_file()  # merged in full precision
+    assert metrics["total_params"] < 100e6
+    assert (Path(printed["model"]) / "model.safetensors").is_file()  # merged, full precision
 
 
 # --- back to serving ---------------------------------------------------------------------

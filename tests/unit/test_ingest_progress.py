@@ -124,3 +124,27 @@ def test_prints_from_rays_threads_go_to_the_file(tmp_path, capsys):
     assert "(raylet) WARNING" in path.read_text()
     out = capsys.readouterr().out
     assert "an Ember line" in out and "raylet" not in out
+
+
+def test_workers_ember_lines_reach_the_terminal_without_rays_prefix(tmp_path, capsys):
+    """`ember train`: Ray's print thread forwards every worker line; those tagged
+    `[ember.` stay on the terminal (print writes a line in pieces), the rest go to the file."""
+    import threading
+
+    def forward():
+        print("\x1b[36m(RayTrainWorker pid=812)\x1b[0m [ember.train] step 5/60 loss 2.1")
+        print("(TrainController pid=77) Reporting training result 5: TrainingReport(...)")
+        print("(RayTrainWorker pid=812) Loading weights: 100%|#####|")
+
+    path = tmp_path / "ray.log"
+    with ray_logs_to(path, keep="[ember."):
+        thread = threading.Thread(target=forward, name="ray_print_logs")
+        thread.start()
+        thread.join()
+        print("[ember.train] MLflow run abc")
+    out = capsys.readouterr().out
+    assert out.splitlines() == ["[ember.train] step 5/60 loss 2.1",
+                                "[ember.train] MLflow run abc"]
+    text = path.read_text()
+    assert "Reporting training result 5" in text and "Loading weights" in text
+    assert "ember.train" not in text

@@ -36,9 +36,9 @@ def run_train(args) -> int:
     load_job_config(args.config, parse_set_overrides(args.set))  # fail before Ray
     if args.address:
         return _submit(args)
-    from ember.training.job import run_sft
+    from ember.training.job import run_sft_logged
 
-    print(run_sft(load_job_config(args.config, parse_set_overrides(args.set))).format())
+    print(run_sft_logged(load_job_config(args.config, parse_set_overrides(args.set))).format())
     return 0
 
 

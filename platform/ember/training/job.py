@@ -56,6 +56,20 @@ def storage_path(config: SFTJobConfig) -> Path:
     return Path(config.output.storage_path or ember_home() / "train").expanduser().resolve()
 
 
+def run_sft_logged(config: SFTJobConfig) -> SFTResult:
+    """`run_sft` as `ember train` and `python -m train_jobs.sft` run it: the terminal shows
+    Ember's `[ember.train]` lines (the driver's and the workers'), and Ray's, Ray Train's
+    and the libraries' own output (result dumps, loading bars, warnings) goes to the run's
+    log file, named once."""
+    from ember.config.paths import new_run_log_folder
+    from ember.ray_session import ray_logs_to
+
+    log = new_run_log_folder(f"train-{config.name}") / "ray.log"
+    print(f"[ember.train] Ray's and the libraries' output for this run: {log}", flush=True)
+    with ray_logs_to(log, keep="[ember."):
+        return run_sft(config)
+
+
 def run_sft(config: SFTJobConfig, callbacks: list | None = None,
             run_tags: dict[str, str] | None = None) -> SFTResult:
     """Run one job. `callbacks` are Ray Train callbacks (a Tune sweep passes its
