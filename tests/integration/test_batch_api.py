@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import time
-from typing import NamedTuple
 
 import httpx
 import openai
@@ -57,21 +56,8 @@ def lines_of(client, file_id: str) -> list[dict]:
     return [json.loads(x) for x in client.files.content(file_id).text.splitlines()]
 
 
-class FinishedBatch(NamedTuple):
-    source: object  # the uploaded input file
-    batch: object  # the batch once done
-    completed_at_kill: int  # results written when its runner actor was killed
-
-
 @pytest.fixture(scope="module")
-def finished_batch(openai_client, ray_cluster) -> FinishedBatch:
-    """202 lines (two bad), whose runner actor is killed once the first results are in:
-    the next GET restarts it, and the rest runs to the end. One batch, two engine starts,
-    serves both the Batch API's results and its restart (a restart per claim cost two
-    more engine starts in CI)."""
-    import ray
-    from ember.batch.service import runner_name
-
+def finished_batch(openai_client):
     lines = [chat_line(f"r{i}", f"Say the word number {i}.") for i in range(200)]
     lines.insert(10, "{this line is broken")
     lines.insert(100, chat_line("wrong-model", "hi", model="no-such-model"))
@@ -80,19 +66,11 @@ def finished_batch(openai_client, ray_cluster) -> FinishedBatch:
                                          endpoint="/v1/chat/completions",
                                          completion_window="24h", metadata={"suite": "api"})
     assert batch.status == "validating" and batch.request_counts.total == 202
-    running = wait_for(openai_client, batch.id, every_s=0.25,
-                       until=lambda b: b.request_counts.completed >= 1 or b.status in DONE)
-    assert running.status == "in_progress", running  # results arrive a block at a time
-    ray.kill(ray.get_actor(runner_name(batch.id), namespace="ember"))
-    done = wait_for(openai_client, batch.id, lambda b: b.status in DONE)  # GET restarts it
-    return FinishedBatch(source, done, running.request_counts.completed)
+    return source, wait_for(openai_client, batch.id, lambda b: b.status in DONE)
 
 
-# Longer than the suite's ceiling (pyproject.toml): its fixture's two waits of up to
-# 900 s each (wait_for) run within the first test that asks for it.
-@pytest.mark.timeout(1800)
 def test_a_200_line_batch_completes_through_the_sdk(openai_client, finished_batch):
-    source, batch, _ = finished_batch
+    source, batch = finished_batch
     assert batch.status == "completed", batch.errors
     assert batch.request_counts.completed == 200 and batch.request_counts.failed == 2
     assert batch.metadata == {"suite": "api"} and batch.input_file_id == source.id
@@ -105,7 +83,7 @@ def test_a_200_line_batch_completes_through_the_sdk(openai_client, finished_batc
 
 
 def test_bad_lines_are_in_the_error_file(openai_client, finished_batch):
-    batch = finished_batch.batch
+    _, batch = finished_batch
     errors = lines_of(openai_client, batch.error_file_id)
     assert len(errors) == 2
     by_id = {e["custom_id"]: e for e in errors}
@@ -119,7 +97,7 @@ def test_listing_and_files_belong_to_the_key(openai_client, finished_batch, base
     from ember.access.keys import create_key
     from openai import OpenAI
 
-    batch = finished_batch.batch
+    _, batch = finished_batch
     assert batch.id in [b.id for b in openai_client.batches.list(limit=10).data]
     assert openai_client.files.retrieve(batch.output_file_id).purpose == "batch_output"
     key, _ = create_key(access_url, "batch-outsider")
@@ -176,15 +154,26 @@ def test_a_cancelled_batch_keeps_its_results(openai_client, finished_batch):
         openai_client.batches.cancel(batch.id)
 
 
-def test_a_batch_whose_runner_died_resumes(openai_client, finished_batch):
-    """A restart (here: the runner actor killed part-way) loses no work and repeats none:
-    every line once, in input order, though the first results were written before."""
-    batch = finished_batch.batch
-    assert 1 <= finished_batch.completed_at_kill < 200
-    assert batch.status == "completed" and batch.request_counts.completed == 200
-    out = lines_of(openai_client, batch.output_file_id)
-    assert [r["custom_id"] for r in out] == [f"r{i}" for i in range(200)]
-    assert len({r["id"] for r in out}) == 200
+# Longer than the suite's ceiling (pyproject.toml): two waits of up to 900 s each (wait_for).
+@pytest.mark.timeout(1800)
+def test_a_batch_whose_runner_died_resumes(openai_client, ray_cluster, finished_batch):
+    """A restart (here: the runner actor killed) loses no work and repeats none."""
+    import ray
+    from ember.batch.service import runner_name
+
+    count = 150
+    source = upload(openai_client, short_then_long("k", count))
+    batch = openai_client.batches.create(input_file_id=source.id,
+                                         endpoint="/v1/chat/completions",
+                                         completion_window="24h")
+    running = wait_for(openai_client, batch.id, every_s=0.5,
+                       until=lambda b: b.request_counts.completed >= 1 or b.status in DONE)
+    assert running.status == "in_progress" and running.request_counts.completed < count
+    ray.kill(ray.get_actor(runner_name(batch.id), namespace="ember"))
+    done = wait_for(openai_client, batch.id, lambda b: b.status in DONE)  # GET restarts it
+    assert done.status == "completed" and done.request_counts.completed == count
+    out = lines_of(openai_client, done.output_file_id)
+    assert [r["custom_id"] for r in out] == [f"k{i}" for i in range(count)]
 
 
 def test_synchronous_batch_answers_in_order(base_url, auth):
