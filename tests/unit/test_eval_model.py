@@ -87,3 +87,11 @@ def test_perplexity_is_token_weighted_and_the_report_names_changed_answers():
     figures = ev.as_json(tuned, base, "held.jsonl")
     assert figures["perplexity_change"] == pytest.approx(-0.632, abs=1e-3)
     assert len(figures["base_examples"]) == 2
+
+
+def test_an_unmeasured_perplexity_reads_n_a_beside_a_measured_one():
+    base = ev.ModelScores("base", [result(1, 0, 0.5, 4.0, 2)])
+    adapter = ev.ModelScores("keeper", [ev.ExampleResult(1, "a", 1, 1.0, 1.0, None, 0)])
+    assert adapter.perplexity is None and ev.perplexity_change(adapter, base) is None
+    assert "| perplexity (lower is better) | 7.389 | n/a | n/a |" in ev.format_table(adapter, base)
+    assert ev.as_json(adapter, base, "d.jsonl")["tuned"]["perplexity"] is None

@@ -16,6 +16,9 @@ Everything is measured through the running service, so it is what users get:
   the answer request's `usage.prompt_tokens` gives. Perplexity is exp of the mean
   negative log-likelihood over all reference tokens (the reply and the chat template's
   end-of-turn marker), as training's validation perplexity is over assistant tokens.
+  Not for LoRA adapters: vLLM fails on prompt log-probabilities with an adapter
+  (vllm-project/vllm#16668; Ember refuses them), so an adapter's perplexity reads
+  n/a, and the SFT job's validation perplexity, base -> tuned, is in its model card.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ class ExampleResult:
     exact_match: float
     f1: float
     rouge_l: float
-    reference_nll: float  # summed over the reference's tokens
+    reference_nll: float | None  # summed over the reference's tokens (None: not measured)
     reference_tokens: int
 
 
@@ -58,10 +61,13 @@ class ModelScores:
         return sum(getattr(r, metric) for r in self.results) / max(len(self.results), 1)
 
     @property
-    def perplexity(self) -> float:
+    def perplexity(self) -> float | None:
+        """exp(mean NLL per reference token); None where it was not measured (adapters)."""
         tokens = sum(r.reference_tokens for r in self.results)
+        if not tokens or any(r.reference_nll is None for r in self.results):
+            return None
         nll = sum(r.reference_nll for r in self.results)
-        return math.exp(min(nll / max(tokens, 1), 50))
+        return math.exp(min(nll / tokens, 50))
 
     def summary(self) -> dict:
         return {"model": self.model, "examples": len(self.results),
@@ -100,27 +106,45 @@ def reference_logprobs(payload: dict, prompt_tokens: int) -> list[float]:
             for i in range(prompt_tokens, len(token_ids))]
 
 
-def score_example(client, model: str, example: EvalExample, max_tokens: int) -> ExampleResult:
+def score_example(client, model: str, example: EvalExample, max_tokens: int,
+                  perplexity: bool = True) -> ExampleResult:
     answered = client.chat_json({"model": model, "messages": example.prompt,
                                  "max_tokens": max_tokens, "temperature": 0})
     answer = answered["choices"][0]["message"].get("content") or ""
+    scores = (exact_match(answer, example.reference), token_f1(answer, example.reference),
+              rouge_l(answer, example.reference))
+    if not perplexity:
+        return ExampleResult(example.line, answer, *scores, None, 0)
     scored = client.chat_json({
         "model": model, "max_tokens": 1, "temperature": 0,
         "messages": [*example.prompt, {"role": "assistant", "content": example.reference}],
         "add_generation_prompt": False, "prompt_logprobs": 0, "return_token_ids": True})
     logprobs = reference_logprobs(scored, answered["usage"]["prompt_tokens"])
-    return ExampleResult(example.line, answer, exact_match(answer, example.reference),
-                         token_f1(answer, example.reference), rouge_l(answer, example.reference),
-                         -sum(logprobs), len(logprobs))
+    return ExampleResult(example.line, answer, *scores, -sum(logprobs), len(logprobs))
+
+
+def is_adapter(client, model: str) -> bool:
+    """Whether the service lists `model` as a LoRA adapter (its card's metadata.kind)."""
+    for card in client.models():
+        if card.id == model:
+            return ((card.model_extra or {}).get("metadata") or {}).get("kind") == "adapter"
+    return False
 
 
 def evaluate_model(client, model: str, examples: list[EvalExample], max_tokens: int = 128,
                    concurrency: int = 8, progress=print) -> ModelScores:
-    """Every example through the service, `concurrency` at a time, in file order."""
+    """Every example through the service, `concurrency` at a time, in file order; the
+    references' perplexity too, unless `model` is an adapter."""
     scores = ModelScores(model)
     step = max(len(examples) // 5, 1)
+    perplexity = not is_adapter(client, model)
+    if not perplexity:
+        progress(f"[eval] {model} is a LoRA adapter: its perplexity is n/a through the "
+                 f"service (vLLM fails on prompt log-probabilities with adapters); the "
+                 f"training job's validation perplexity is in its model card")
     with ThreadPoolExecutor(concurrency) as pool:
-        jobs = pool.map(lambda e: score_example(client, model, e, max_tokens), examples)
+        jobs = pool.map(lambda e: score_example(client, model, e, max_tokens, perplexity),
+                        examples)
         for done, result in enumerate(jobs, 1):
             scores.results.append(result)
             if done % step == 0 or done == len(examples):
@@ -140,9 +164,15 @@ def changed_examples(tuned: ModelScores,
             if t.exact_match != b.exact_match or abs(t.f1 - b.f1) > CHANGED_F1]
 
 
-def perplexity_change(tuned: ModelScores, base: ModelScores) -> float:
+def perplexity_change(tuned: ModelScores, base: ModelScores) -> float | None:
     """Relative change of perplexity, tuned against base: -0.25 is 25% lower."""
+    if tuned.perplexity is None or base.perplexity is None:
+        return None
     return tuned.perplexity / base.perplexity - 1
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def format_table(tuned: ModelScores, base: ModelScores | None) -> str:
@@ -154,11 +184,14 @@ def format_table(tuned: ModelScores, base: ModelScores | None) -> str:
         row = f"| {label}{f' ({note})' if note else ''} | "
         if base:
             before = base.summary()[key]
-            change = (f"{perplexity_change(tuned, base):+.1%}" if key == "perplexity"
-                      else f"{value - before:+.3f}")
-            row += f"{before:.3f} | {value:.3f} | {change} |"
+            if key == "perplexity":
+                change = perplexity_change(tuned, base)
+                change = "n/a" if change is None else f"{change:+.1%}"
+            else:
+                change = f"{value - before:+.3f}"
+            row += f"{_figure(before)} | {_figure(value)} | {change} |"
         else:
-            row += f"{value:.3f} |"
+            row += f"{_figure(value)} |"
         rows.append(row)
     return "\n".join(rows)
 

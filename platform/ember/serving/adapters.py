@@ -41,11 +41,15 @@ def install_resolver(model_id: str) -> None:
 def record_load_failures(engine_client) -> None:
     """Record an adapter the engine fails to load (`record_load_error`), so Ember's routes
     refuse its later requests with the reason instead of vLLM loading it again each time."""
+    from vllm.v1.engine.exceptions import EngineDeadError
+
     add_lora = engine_client.add_lora
 
     async def add_lora_or_record(lora_request):
         try:
             return await add_lora(lora_request)
+        except EngineDeadError:
+            raise  # the engine's failure, not the adapter's
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             logger.error("adapter '%s' failed to load: %s", lora_request.lora_name, message)

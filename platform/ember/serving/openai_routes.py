@@ -75,7 +75,24 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
     def _refusal(self, request: Request, body, *models: str | None) -> Response | None:
         """403/400 for this key and body (its model, or `models` if given), or None."""
         return (self.gate.check_model(request_key(request), *(models or (body.model,)))
-                or self.gate.check_generation(body))
+                or self.gate.check_generation(body) or self._adapter_refusal(body))
+
+    def _adapter_refusal(self, body) -> Response | None:
+        """400 for prompt log-probabilities from an adapter. vLLM (0.32, its CPU backend at
+        least) computes them without the adapter's LoRA mapping and its engine core dies
+        (vllm-project/vllm#16668): one request would take every model on the replica down."""
+        if (adapter := self.adapter(body.model)) is None:
+            return None
+        echo = getattr(body, "echo", False) and (
+            isinstance(body, ChatCompletionRequest) or body.logprobs is not None)
+        if getattr(body, "prompt_logprobs", None) is None and not echo:
+            return None
+        asked = "prompt_logprobs" if getattr(body, "prompt_logprobs", None) is not None else "echo"
+        return openai_error(
+            400, f"'{asked}' asks for prompt log-probabilities, which the LoRA adapter "
+                 f"'{adapter.name}' cannot give (vLLM fails on them with adapters, "
+                 f"vllm-project/vllm#16668). Ask its base model '{adapter.base}', or leave "
+                 f"'{asked}' out.", param=asked)
 
     def _embedding_refusal(self, request: Request, body: EmbeddingRequest) -> Response | None:
         count = 1 if isinstance(body.input, str) else len(body.input)
