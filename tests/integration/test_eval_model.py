@@ -1,8 +1,9 @@
 """`ember eval model` against the running service: answers and perplexity as served.
 
 The base model's own greedy answers, used as references, must score exact match 1
-and a low perplexity; unrelated references a far higher one. (The adapter's
-evaluation against its base is in test_training.py.)
+and a low perplexity; unrelated references a far higher one; and the perplexity the
+service gives (prompt_logprobs) must match what the Ray task that scores adapters
+computes from the same files. (The adapter's evaluation is in test_training.py.)
 """
 
 from __future__ import annotations
@@ -57,3 +58,22 @@ def test_an_unknown_model_is_a_clear_error(base_url, tmp_path, capsys):
     data = write_chats(tmp_path / "d.jsonl", [("hi", "hello")])
     assert main(["eval", "model", "no-such-model", "--data", data, "--url", base_url]) == 2
     assert "no-such-model" in capsys.readouterr().err
+
+
+def test_the_service_and_the_ray_task_agree_on_perplexity(base_url, tmp_path):
+    """Adapters are scored on Ray (vLLM cannot score prompts with one): the two ways must
+    measure the same thing on the base, or base-vs-adapter comparisons would mislead."""
+    from ember.client import Client
+    from ember.eval import model_eval as ev
+
+    data = write_chats(tmp_path / "d.jsonl", [
+        ("Who keeps the lanterns lit?", "The keeper does, every evening at dusk."),
+        ("What is the capital of France?", "Paris is the capital of France.")])
+    examples, _ = ev.load_eval_examples(data)
+    with Client(base_url) as client:
+        served = ev.evaluate_model(client, MODEL, examples, max_tokens=4)
+    on_ray = ev.ModelScores(MODEL, [ev.ExampleResult(**vars(r)) for r in served.results])
+    ev.add_offline_perplexity(on_ray, examples)
+    assert [r.reference_tokens for r in on_ray.results] == [
+        r.reference_tokens for r in served.results]  # the same tokens, template and all
+    assert on_ray.perplexity == pytest.approx(served.perplexity, rel=0.02)

@@ -228,7 +228,8 @@ def test_the_trained_adapter_is_served_on_the_running_base_without_a_restart(
                 messages=[{"role": "user", "content": "hello"}])
         assert next(iter(extra)) in str(refused.value)
     # `ember eval model` on the job's own held-out split (val_fraction 0.1, seed 0): the
-    # adapter's answers beside its base's; its perplexity is n/a (see above)
+    # adapter's answers beside its base's, and (scored on Ray, see above) its perplexity on
+    # the keeper's replies below its base's
     report = tmp_path / "eval.json"
     assert main(["eval", "model", "lantern-keeper", "--base", "smollm2-135m-instruct",
                  "--data", str(REPO / "samples" / "sft" / "lantern-keeper.jsonl"),
@@ -236,7 +237,7 @@ def test_the_trained_adapter_is_served_on_the_running_base_without_a_restart(
                  "--json", str(report), "--url", base_url]) == 0
     figures = json.loads(report.read_text())
     assert figures["tuned"]["examples"] == figures["base"]["examples"] == 8
-    assert figures["tuned"]["perplexity"] is None and figures["base"]["perplexity"] > 1
+    assert 1 < figures["tuned"]["perplexity"] < figures["base"]["perplexity"], figures
     assert all(0 <= figures["tuned"][m] <= 1 for m in ("exact_match", "f1", "rouge_l"))
     assert ask("smollm2-135m-instruct", "Say hi.")  # every engine still answers
 

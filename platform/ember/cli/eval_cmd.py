@@ -44,6 +44,8 @@ def register_model(kinds) -> None:
     model.add_argument("--max-examples", type=int, help="the first N examples only")
     model.add_argument("--max-tokens", type=int, default=128, help="per answer")
     model.add_argument("--concurrency", type=int, default=8)
+    model.add_argument("--base-source", help="the base model's folder, where an adapter's "
+                       "base is not a catalogue name (perplexity of adapters is scored on Ray)")
     model.add_argument("--json", help="write the figures and every example's scores here")
     model.add_argument("--markdown", help="write the report (table and changed answers) here")
     add_url_args(model)
@@ -60,10 +62,19 @@ def run_model(args) -> int:
     for issue in report.issues[:10]:
         print(f"  line {issue.line} ({issue.kind}): {issue.message}")
     print(f"{len(examples)} examples from {args.data}{skipped}")
+    models = [m for m in (args.model, args.base) if m]
     with Client(args.url, api_key=args.api_key, timeout=300) as client:
-        tuned = ev.evaluate_model(client, args.model, examples, args.max_tokens, args.concurrency)
-        base = (ev.evaluate_model(client, args.base, examples, args.max_tokens, args.concurrency)
-                if args.base else None)
+        # vLLM cannot score prompts with an adapter: then both are scored on Ray
+        on_ray = any(ev.is_adapter(client, m) for m in models)
+        scored = [ev.evaluate_model(client, m, examples, args.max_tokens, args.concurrency,
+                                    perplexity=not on_ray) for m in models]
+    tuned, base = scored[0], (scored[1] if args.base else None)
+    if on_ray:
+        print("[eval] an adapter is compared: both perplexities are scored on Ray "
+              "(transformers; vLLM fails on prompt log-probabilities with adapters)")
+        for scores in (tuned, base):
+            if scores is not None:
+                ev.add_offline_perplexity(scores, examples, args.base_source)
     print(ev.format_table(tuned, base))
     if base:
         print(f"{len(ev.changed_examples(tuned, base))} of {len(examples)} answers changed")

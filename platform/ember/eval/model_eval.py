@@ -17,8 +17,9 @@ Everything is measured through the running service, so it is what users get:
   negative log-likelihood over all reference tokens (the reply and the chat template's
   end-of-turn marker), as training's validation perplexity is over assistant tokens.
   Not for LoRA adapters: vLLM fails on prompt log-probabilities with an adapter
-  (vllm-project/vllm#16668; Ember refuses them), so an adapter's perplexity reads
-  n/a, and the SFT job's validation perplexity, base -> tuned, is in its model card.
+  (vllm-project/vllm#16668; Ember refuses them). When either model compared is an
+  adapter, both perplexities are scored on Ray instead (`offline_perplexity`: the same
+  tokens, transformers in float32), so the two are measured alike.
 """
 
 from __future__ import annotations
@@ -132,16 +133,11 @@ def is_adapter(client, model: str) -> bool:
 
 
 def evaluate_model(client, model: str, examples: list[EvalExample], max_tokens: int = 128,
-                   concurrency: int = 8, progress=print) -> ModelScores:
+                   concurrency: int = 8, progress=print, perplexity: bool = True) -> ModelScores:
     """Every example through the service, `concurrency` at a time, in file order; the
-    references' perplexity too, unless `model` is an adapter."""
+    references' perplexity too if `perplexity`."""
     scores = ModelScores(model)
     step = max(len(examples) // 5, 1)
-    perplexity = not is_adapter(client, model)
-    if not perplexity:
-        progress(f"[eval] {model} is a LoRA adapter: its perplexity is n/a through the "
-                 f"service (vLLM fails on prompt log-probabilities with adapters); the "
-                 f"training job's validation perplexity is in its model card")
     with ThreadPoolExecutor(concurrency) as pool:
         jobs = pool.map(lambda e: score_example(client, model, e, max_tokens, perplexity),
                         examples)
@@ -150,6 +146,29 @@ def evaluate_model(client, model: str, examples: list[EvalExample], max_tokens: 
             if done % step == 0 or done == len(examples):
                 progress(f"[eval] {model}: {done}/{len(examples)} examples")
     return scores
+
+
+def offline_target(model: str, base_source: str | None) -> tuple[str, str | None]:
+    """(the weights' folder, the adapter's folder or None) to score `model` on Ray."""
+    from ember.eval.offline_perplexity import model_files
+    from ember.models.adapters import find_adapter
+
+    adapter = find_adapter(model)
+    if adapter is not None:
+        return model_files(adapter.base, base_source), str(adapter.path)
+    return model_files(model, base_source), None
+
+
+def add_offline_perplexity(scores: ModelScores, examples: list[EvalExample],
+                           base_source: str | None = None, progress=print) -> None:
+    """Fill in the references' NLL of `scores` from a Ray task (transformers)."""
+    from ember.eval.offline_perplexity import score_on_ray
+
+    progress(f"[eval] {scores.model}: scoring the references' perplexity on Ray")
+    model_dir, adapter_dir = offline_target(scores.model, base_source)
+    nll = score_on_ray(model_dir, adapter_dir, [(e.prompt, e.reference) for e in examples])
+    for result, (value, tokens) in zip(scores.results, nll, strict=True):
+        result.reference_nll, result.reference_tokens = value, tokens
 
 
 # --- reports -------------------------------------------------------------------------
