@@ -1,9 +1,9 @@
 """`ember eval model` against the running service: answers and perplexity as served.
 
 The base model's own greedy answers, used as references, must score exact match 1
-and a low perplexity; unrelated references a far higher one; and the perplexity the
-service gives (prompt_logprobs) must match what the Ray task that scores adapters
-computes from the same files. (The adapter's evaluation is in test_training.py.)
+and a low perplexity; unrelated references a far higher one. The session's engines
+serve LoRA adapters, so perplexity is scored on Ray there (the service refuses prompt
+log-probabilities). (The adapter's evaluation is in test_training.py.)
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def test_the_base_scores_its_own_answers_perfectly_and_nonsense_badly(
         figures[name] = json.loads(out.read_text())["tuned"]
     printed = capsys.readouterr().out
     assert f"[eval] {MODEL}: 3/3 examples" in printed and "| perplexity" in printed
+    assert "both perplexities are scored on Ray" in printed  # LoRA on: see the last test
     own, nonsense = figures["own"], figures["nonsense"]
     assert own["examples"] == 3
     assert (own["exact_match"], own["f1"], own["rouge_l"]) == (1.0, 1.0, 1.0)
@@ -60,20 +61,21 @@ def test_an_unknown_model_is_a_clear_error(base_url, tmp_path, capsys):
     assert "no-such-model" in capsys.readouterr().err
 
 
-def test_the_service_and_the_ray_task_agree_on_perplexity(base_url, tmp_path):
-    """Adapters are scored on Ray (vLLM cannot score prompts with one): the two ways must
-    measure the same thing on the base, or base-vs-adapter comparisons would mislead."""
-    from ember.client import Client
-    from ember.eval import model_eval as ev
+def test_prompt_log_probabilities_are_refused_where_adapters_are_served(base_url, auth):
+    """The session's engines serve LoRA adapters (`lora:`), where vLLM's engine core dies
+    on prompt log-probabilities once an adapter is loaded: the hot path refuses them by
+    name, and the engine answers on. (`ember eval model` then scores perplexity on Ray.)"""
+    import httpx
 
-    data = write_chats(tmp_path / "d.jsonl", [
-        ("Who keeps the lanterns lit?", "The keeper does, every evening at dusk."),
-        ("What is the capital of France?", "Paris is the capital of France.")])
-    examples, _ = ev.load_eval_examples(data)
-    with Client(base_url) as client:
-        served = ev.evaluate_model(client, MODEL, examples, max_tokens=4)
-    on_ray = ev.ModelScores(MODEL, [ev.ExampleResult(**vars(r)) for r in served.results])
-    ev.add_offline_perplexity(on_ray, examples)
-    assert [r.reference_tokens for r in on_ray.results] == [
-        r.reference_tokens for r in served.results]  # the same tokens, template and all
-    assert on_ray.perplexity == pytest.approx(served.perplexity, rel=0.02)
+    chat = {"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+    for extra in ({"prompt_logprobs": 0}, {"echo": True}):
+        refused = httpx.post(f"{base_url}/v1/chat/completions", headers=auth, timeout=60,
+                             json={**chat, **extra})
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["param"] == next(iter(extra)) and "vllm-project/vllm#16668" in error["message"]
+    completion = httpx.post(f"{base_url}/v1/completions", headers=auth, timeout=60, json={
+        "model": MODEL, "prompt": "hi", "max_tokens": 1, "echo": True, "logprobs": 1})
+    assert completion.status_code == 400 and "echo" in completion.text
+    answered = httpx.post(f"{base_url}/v1/chat/completions", headers=auth, timeout=60, json=chat)
+    assert answered.status_code == 200, answered.text

@@ -64,14 +64,14 @@ def run_model(args) -> int:
     print(f"{len(examples)} examples from {args.data}{skipped}")
     models = [m for m in (args.model, args.base) if m]
     with Client(args.url, api_key=args.api_key, timeout=300) as client:
-        # vLLM cannot score prompts with an adapter: then both are scored on Ray
-        on_ray = any(ev.is_adapter(client, m) for m in models)
+        # not on engines serving LoRA adapters (vLLM fails there): then both on Ray
+        on_ray = not all(ev.service_scores_prompts(client, m, examples[0]) for m in models)
         scored = [ev.evaluate_model(client, m, examples, args.max_tokens, args.concurrency,
                                     perplexity=not on_ray) for m in models]
     tuned, base = scored[0], (scored[1] if args.base else None)
     if on_ray:
-        print("[eval] an adapter is compared: both perplexities are scored on Ray "
-              "(transformers; vLLM fails on prompt log-probabilities with adapters)")
+        print("[eval] the service gives no prompt log-probabilities where LoRA adapters are "
+              "served (vLLM fails on them): both perplexities are scored on Ray (transformers)")
         for scores in (tuned, base):
             if scores is not None:
                 ev.add_offline_perplexity(scores, examples, args.base_source)

@@ -16,10 +16,10 @@ Everything is measured through the running service, so it is what users get:
   the answer request's `usage.prompt_tokens` gives. Perplexity is exp of the mean
   negative log-likelihood over all reference tokens (the reply and the chat template's
   end-of-turn marker), as training's validation perplexity is over assistant tokens.
-  Not for LoRA adapters: vLLM fails on prompt log-probabilities with an adapter
-  (vllm-project/vllm#16668; Ember refuses them). When either model compared is an
-  adapter, both perplexities are scored on Ray instead (`offline_perplexity`: the same
-  tokens, transformers in float32), so the two are measured alike.
+  Not on engines that serve LoRA adapters: vLLM fails on prompt log-probabilities
+  there (vllm-project/vllm#16668), so Ember refuses them. When the service refuses
+  them for either model compared, both perplexities are scored on Ray instead
+  (`offline_perplexity`: the same tokens, transformers in float32), measured alike.
 """
 
 from __future__ import annotations
@@ -124,12 +124,19 @@ def score_example(client, model: str, example: EvalExample, max_tokens: int,
     return ExampleResult(example.line, answer, *scores, -sum(logprobs), len(logprobs))
 
 
-def is_adapter(client, model: str) -> bool:
-    """Whether the service lists `model` as a LoRA adapter (its card's metadata.kind)."""
-    for card in client.models():
-        if card.id == model:
-            return ((card.model_extra or {}).get("metadata") or {}).get("kind") == "adapter"
-    return False
+def service_scores_prompts(client, model: str, example: EvalExample) -> bool:
+    """Whether the service gives `model`'s prompt log-probabilities: Ember refuses them
+    (400) on engines that serve LoRA adapters, where vLLM fails on them."""
+    from ember.client.types import EmberAPIError
+
+    try:
+        client.chat_json({"model": model, "messages": example.prompt, "max_tokens": 1,
+                          "prompt_logprobs": 0, "return_token_ids": True})
+    except EmberAPIError as exc:
+        if exc.status_code == 400 and "prompt log-probabilities" in str(exc):
+            return False
+        raise
+    return True
 
 
 def evaluate_model(client, model: str, examples: list[EvalExample], max_tokens: int = 128,

@@ -75,24 +75,29 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
     def _refusal(self, request: Request, body, *models: str | None) -> Response | None:
         """403/400 for this key and body (its model, or `models` if given), or None."""
         return (self.gate.check_model(request_key(request), *(models or (body.model,)))
-                or self.gate.check_generation(body) or self._adapter_refusal(body))
+                or self.gate.check_generation(body)
+                or self._prompt_logprobs_refusal(body, isinstance(body, ChatCompletionRequest)))
 
-    def _adapter_refusal(self, body) -> Response | None:
-        """400 for prompt log-probabilities from an adapter. vLLM (0.32, its CPU backend at
-        least) computes them without the adapter's LoRA mapping and its engine core dies
-        (vllm-project/vllm#16668): one request would take every model on the replica down."""
-        if (adapter := self.adapter(body.model)) is None:
+    def _prompt_logprobs_refusal(self, body, chat: bool) -> Response | None:
+        """400 for prompt log-probabilities on an engine that serves LoRA adapters. vLLM
+        (0.32; seen on its CPU backend) computes them without the adapters' mapping once
+        one is loaded, and its engine core dies (vllm-project/vllm#16668): one request
+        would take every model on the replica down, base-model requests included."""
+        asked = ("prompt_logprobs" if getattr(body, "prompt_logprobs", None) is not None
+                 else "echo" if getattr(body, "echo", False) and (
+                     chat or getattr(body, "logprobs", None) is not None) else None)
+        if asked is None:  # nearly every request: nothing more to look up
             return None
-        echo = getattr(body, "echo", False) and (
-            isinstance(body, ChatCompletionRequest) or body.logprobs is not None)
-        if getattr(body, "prompt_logprobs", None) is None and not echo:
+        model = getattr(body, "model", None)
+        adapter = self.adapter(model)
+        if adapter is None and model not in self.lora_bases:
             return None
-        asked = "prompt_logprobs" if getattr(body, "prompt_logprobs", None) is not None else "echo"
+        engine = (f"LoRA adapter '{model}'" if adapter
+                  else f"'{model}' (its engine serves LoRA adapters)")
         return openai_error(
-            400, f"'{asked}' asks for prompt log-probabilities, which the LoRA adapter "
-                 f"'{adapter.name}' cannot give (vLLM fails on them with adapters, "
-                 f"vllm-project/vllm#16668). Ask its base model '{adapter.base}', or leave "
-                 f"'{asked}' out.", param=asked)
+            400, f"'{asked}' asks for prompt log-probabilities, which the {engine} cannot "
+                 f"give: vLLM fails on them with LoRA on (vllm-project/vllm#16668). Leave "
+                 f"'{asked}' out, or ask a model served without `lora:`.", param=asked)
 
     def _embedding_refusal(self, request: Request, body: EmbeddingRequest) -> Response | None:
         count = 1 if isinstance(body.input, str) else len(body.input)
@@ -103,8 +108,10 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
         """The checks of `chat`/`completions` on a raw body (`engine_replica.HotPath`)."""
         if path == "/v1/chat/completions" and data.get("messages") == []:
             return _no_messages()
+        body = SimpleNamespace(**data)
         return (self.gate.check_model(key, data.get("model"))
-                or self.gate.check_generation(SimpleNamespace(**data)))
+                or self.gate.check_generation(body)
+                or self._prompt_logprobs_refusal(body, path == "/v1/chat/completions"))
 
     async def _chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         """Ray's chat route, after Ember's checks (internal calls come here directly)."""
