@@ -7,8 +7,8 @@ import math
 
 import pytest
 from ember.errors import EmberError
-from ember.eval import answer_metrics as am
 from ember.eval import model_eval as ev
+from ember.training import answer_metrics as am
 
 
 def chat(user: str, assistant: str) -> str:

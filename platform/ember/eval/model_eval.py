@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ember.errors import EmberError
-from ember.eval.answer_metrics import exact_match, rouge_l, token_f1
+from ember.training.answer_metrics import exact_match, rouge_l, token_f1
 
 CHANGED_F1 = 0.1  # an example "changed" when its F1 moved by more than this (or its EM)
 

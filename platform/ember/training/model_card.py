@@ -9,7 +9,7 @@ held-out sample answers scored against their references, base and tuned).
 
 from __future__ import annotations
 
-from ember.eval.answer_metrics import METRICS, answer_scores
+from ember.training.answer_metrics import METRICS, answer_scores
 from ember.training.config import SFTJobConfig
 
 METRIC_NAMES = {"exact_match": "exact match", "f1": "token F1", "rouge_l": "ROUGE-L F1"}

@@ -1,6 +1,6 @@
 """How close an answer is to its reference: exact match, token F1 (SQuAD's definitions)
 and ROUGE-L F1 (Google's `rouge-score`). Used by `ember eval model` and by the SFT job's
-own base-vs-tuned comparison."""
+own base-vs-tuned comparison (here, in the lower layer, for both)."""
 
 from __future__ import annotations
 
