@@ -62,6 +62,6 @@ def score_on_ray(model_dir: str, adapter_dir: str | None,
 
     from ember.ray_session import connect_ray
 
-    connect_ray()
+    connect_ray(log_to_driver=False)  # the task's loading bars and warnings stay in Ray's logs
     task = ray.remote(num_cpus=1)(reference_nll)
     return ray.get(task.remote(model_dir, adapter_dir, chats))
