@@ -58,10 +58,9 @@ def run_model(args) -> int:
 
     examples, report = ev.load_eval_examples(args.data, args.format, args.val_fraction,
                                              args.seed, args.max_examples)
-    skipped = f", {len(report.issues)} bad line(s) skipped" if report.issues else ""
-    for issue in report.issues[:10]:
-        print(f"  line {issue.line} ({issue.kind}): {issue.message}")
-    print(f"{len(examples)} examples from {args.data}{skipped}")
+    print(report.format_text(max_issues=10))  # as `ember data validate` reports bad lines
+    split = " (its held-out split)" if args.val_fraction else ""
+    print(f"{len(examples)} examples to evaluate{split}")
     models = [m for m in (args.model, args.base) if m]
     with Client(args.url, api_key=args.api_key, timeout=300) as client:
         # not on engines serving LoRA adapters (vLLM fails there): then both on Ray
