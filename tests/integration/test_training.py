@@ -313,3 +313,127 @@ def test_an_adapter_that_fails_to_load_is_refused_with_its_reason_not_reloaded(
         assert ask("smollm2-135m-instruct")
     finally:
         remove_adapter("unloadable")
+
+
+# --- the lifecycle: promotion gate, canary by key, automatic rollback ----------------
+
+
+def _clean_rollout(name: str) -> None:
+    """What an earlier run of the suite on this machine may have left in EMBER_HOME."""
+    from ember.models import rollouts
+    from ember.models.adapters import adapters_dir, remove_adapter
+
+    rollouts.remove(name)
+    for folder in sorted(adapters_dir().glob(f"{name}*")) if adapters_dir().is_dir() else []:
+        remove_adapter(folder.name)
+
+
+def _unloadable_version(client, experiment: str, tmp_path: Path) -> str:
+    """A registered version whose adapter the engine cannot load (garbage weights) and
+    whose run recorded no evaluation."""
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"],
+         "base_model_name_or_path": "elsewhere"}))
+    (folder / "adapter_model.safetensors").write_bytes(b"0" * 64)
+    run = client.create_run(experiment).info.run_id
+    client.log_artifacts(run, str(folder), "model")
+    client.set_terminated(run)
+    source = f"{client.get_run(run).info.artifact_uri}/model"
+    return client.create_model_version("keeper-lora-test", source=source, run_id=run).version
+
+
+def test_versions_roll_out_by_key_and_a_failing_canary_rolls_back_on_its_own(
+        lora_run, base_url, dashboard_url, access_url, mlflow_uri, capsys, tmp_path):
+    """v1 serves `keeper-canary`; v2 (the same adapter, registered again) takes 10% of 50
+    keys, each key on one version throughout, usage rows per version; v3 (an adapter the
+    engine cannot load, no evaluation) is refused by the gate, forced, and rolled back by
+    the watch on its errors within 30 s while no request to the stable version fails."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from ember.access.keys import create_key
+    from ember.cli.main import main
+    from ember.models import rollouts
+
+    _, result = lora_run
+    name, client = "keeper-canary", mlflow_client(mlflow_uri)
+    _clean_rollout(name)
+    v1 = client.get_model_version("keeper-lora-test", "1")
+    v2 = client.create_model_version("keeper-lora-test", source=v1.source,
+                                     run_id=v1.run_id).version
+    v3 = _unloadable_version(client, client.get_run(v1.run_id).info.experiment_id, tmp_path)
+    common = ["--address", dashboard_url, "--tracking-uri", mlflow_uri]
+    assert main(["serve-model", "models:/keeper-lora-test/1", "--name", name, *common]) == 0
+    assert main(["models", "rollout", name, "--to", v2, "--steps", "10", "--interval", "0",
+                 "--margin", "1", "--database-url", access_url, *common]) == 0
+    assert f"{name}: v1 ({name}) (90%), canary v{v2} ({name}.v{v2}) (10%)" in \
+        capsys.readouterr().out
+    created = [create_key(access_url, f"canary-{i}") for i in range(50)]
+    keys = [key for key, _ in created]
+    http = httpx.Client(base_url=base_url, timeout=120)
+
+    def ask(key: str) -> tuple[str, int, str | None]:
+        response = http.post("/v1/chat/completions", headers={
+            "Authorization": f"Bearer {key}"}, json={
+            "model": name, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]})
+        return key, response.status_code, response.json().get("model")
+
+    time.sleep(rollouts.CHECK_S + 0.5)  # every replica sees the split
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, keys * 4))
+    assert {status for _, status, _ in answers} == {200}
+    by_key = {}
+    for key, _, model in answers:
+        by_key.setdefault(key, set()).add(model)
+    assert all(len(models) == 1 for models in by_key.values()), by_key  # sticky
+    share = sum(1 for _, _, model in answers if model == f"{name}.v{v2}") / len(answers)
+    print(f"\ncanary share at 10%: {share:.1%} of {len(answers)} requests from 50 keys")
+    assert 0.07 <= share <= 0.13
+    deadline = time.monotonic() + 30
+    while served_rows(access_url, f"{name}.v{v2}") < share * 200 and \
+            time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert served_rows(access_url, f"{name}.v{v2}") == round(share * 200)  # usage per version
+
+    # the gate: v3 has no evaluation
+    assert main(["models", "rollback", name, "--tracking-uri", mlflow_uri]) == 0
+    assert main(["models", "promote", "keeper-lora-test", v3, *common]) == 2
+    assert "no evaluation is recorded" in capsys.readouterr().out
+
+    # forced, it goes out to half the keys and fails; the watch rolls it back
+    at_half = rollouts.Rollout(name, rollouts.Track(name), canary=rollouts.Track("v3"),
+                               weight=50)
+    on_stable = {key for key, info in created[:20] if at_half.pick(info.id).adapter == name}
+    assert 0 < len(on_stable) < 20
+    stop, stable_failures = False, []
+
+    def load() -> None:
+        while not stop:
+            for key in keys[:20]:
+                _, status, _ = ask(key)
+                if key in on_stable and status != 200:
+                    stable_failures.append(status)
+
+    with ThreadPoolExecutor(2) as pool:
+        loaders = [pool.submit(load) for _ in range(2)]
+        started = time.monotonic()
+        code = main(["models", "rollout", name, "--to", v3, "--steps", "50,100",
+                     "--interval", "60", "--poll", "1", "--min-requests", "5", "--force",
+                     "--reason", "integration test", "--database-url", access_url, *common])
+        rolled_back_s = time.monotonic() - started
+        stop = True
+        [f.result() for f in loaders]
+    out = capsys.readouterr().out
+    print(f"failing canary rolled back in {rolled_back_s:.1f}s")
+    assert code == 1 and f"ROLLED BACK {name}.v{v3}: error rate" in out
+    assert rolled_back_s < 30 and not stable_failures
+    state = rollouts.load(name)
+    assert state.canary is None and state.stable.adapter == name
+    tags = client.get_model_version("keeper-lora-test", v3).tags
+    assert "error rate" in tags["ember.rolled_back"] and tags["ember.gate"].startswith("failed")
+    time.sleep(rollouts.CHECK_S + 0.5)
+    assert {ask(key)[2] for key in keys[:10]} == {name}
+    assert main(["models", "rollouts"]) == 0
+    _clean_rollout(name)

@@ -8,7 +8,9 @@ reads and writes), and only through these functions:
   usage row names it, the proxy's stream guard learns it from the usage header;
   for a LoRA adapter also its base, whose replicas' cost its tokens share;
 - whether the engine's usage event is to be dropped: Ember asked the engine for
-  it (to meter a stream) and the client did not.
+  it (to meter a stream) and the client did not;
+- which version of a rolled-out name answers (`ember.models.rollouts`): chosen
+  once per request, so a RAG answer and its route agree.
 
 `scope` is an ASGI scope; a route passes `request.scope`. Light: no imports, so
 the gate and the serving layer above it can both use it.
@@ -20,6 +22,7 @@ _KEY = "ember_key"
 _SERVED_MODEL = "ember_served_model"
 _STRIP_USAGE = "ember_strip_usage"
 _ADAPTER_BASE = "ember_adapter_base"
+_VERSION = "ember_version"
 
 
 def state_of(scope: dict) -> dict:
@@ -60,3 +63,14 @@ def set_strip_usage(scope: dict) -> None:
 
 def strips_usage(scope: dict) -> bool:
     return bool(state_of(scope).get(_STRIP_USAGE))
+
+
+def set_version(scope: dict, asked: str, adapter: str) -> None:
+    """The rolled-out name `asked` answers from `adapter` for this request."""
+    state_of(scope)[_VERSION] = (asked, adapter)
+
+
+def version_of(scope: dict, asked: str) -> str | None:
+    """The version already chosen for `asked` in this request, or None."""
+    chosen = state_of(scope).get(_VERSION)
+    return chosen[1] if chosen and chosen[0] == asked else None

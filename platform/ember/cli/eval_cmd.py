@@ -48,6 +48,10 @@ def register_model(kinds) -> None:
                        "base is not a catalogue name (perplexity of adapters is scored on Ray)")
     model.add_argument("--json", help="write the figures and every example's scores here")
     model.add_argument("--markdown", help="write the report (table and changed answers) here")
+    model.add_argument("--record", metavar="models:/NAME/VERSION",
+                       help="log the figures (service_eval_*) and the report to this "
+                            "registered version's run, for the promotion gate (needs --base)")
+    model.add_argument("--tracking-uri", help="MLflow tracking URI for --record")
     add_url_args(model)
     model.set_defaults(func=run_model)
 
@@ -56,6 +60,10 @@ def run_model(args) -> int:
     from ember.client import Client
     from ember.eval import model_eval as ev
 
+    if args.record and not args.base:
+        from ember.errors import EmberError
+
+        raise EmberError("--record needs --base: the promotion gate compares tuned with base")
     examples, report = ev.load_eval_examples(args.data, args.format, args.val_fraction,
                                              args.seed, args.max_examples)
     print(report.format_text(max_issues=10))  # as `ember data validate` reports bad lines
@@ -81,7 +89,34 @@ def run_model(args) -> int:
         Path(args.markdown).write_text(ev.markdown_report(tuned, base, examples, args.data))
     if args.json:
         Path(args.json).write_text(json.dumps(ev.as_json(tuned, base, args.data), indent=2))
+    if args.record:
+        _record(args, ev.as_json(tuned, base, args.data))
     return 0
+
+
+def _record(args, report: dict) -> None:
+    """The evaluation's figures as metrics of the version's training run (what the promotion
+    gate reads, `ember.models.promotion`) and the report as its artefact."""
+    from ember.cluster.rollout import MODEL_URI
+    from ember.errors import EmberError
+    from ember.models.promotion import Registry
+
+    match = MODEL_URI.match(args.record)
+    if not match or not match.group("version"):
+        raise EmberError(f"--record {args.record!r}: expected models:/NAME/VERSION")
+    registry = Registry(args.tracking_uri)
+    version = registry.version(match.group("name"), match.group("version"))
+    if not version.run_id:
+        raise EmberError(f"{args.record} has no training run to record the evaluation in")
+    metrics = {f"service_eval_{who}_{metric}": value
+               for who in ("base", "tuned") for metric, value in report[who].items()
+               if metric in ("exact_match", "f1", "rouge_l", "perplexity")
+               and isinstance(value, int | float)}
+    for metric, value in metrics.items():
+        registry.client.log_metric(version.run_id, metric, float(value))
+    registry.client.log_text(version.run_id, json.dumps(report, indent=2),
+                             "eval/service_evaluation.json")
+    print(f"recorded on {args.record}'s run: {', '.join(sorted(metrics))}")
 
 
 def run_retrieval(args) -> int:

@@ -89,7 +89,7 @@ def add_model(dashboard_url: str, source: str, name: str, app_name: str = "ember
     progress(f"model {source} -> {folder}")
     details = serve_details(dashboard_url)
     if is_adapter_folder(folder):
-        return add_adapter(details, folder, name, app_name, base, progress)
+        return add_adapter(details, folder, name, app_name, base, progress, source)
     config = deploy_config(details, app_name, name, folder)
     for app in config["applications"]:
         validate_app_args(app, source="serve-model")
@@ -102,7 +102,7 @@ def add_model(dashboard_url: str, source: str, name: str, app_name: str = "ember
 
 
 def add_adapter(details: dict, folder: Path, name: str, app_name: str,
-                base: str | None = None, progress=print) -> Path:
+                base: str | None = None, progress=print, source: str | None = None) -> Path:
     """Register a LoRA adapter for one of the app's models with `lora:` on."""
     models = _app_models(details, app_name)
     if name in {m.get("name") for m in models}:
@@ -114,7 +114,7 @@ def add_adapter(details: dict, folder: Path, name: str, app_name: str,
         raise ClusterError(f"the adapter's rank is {rank}, above '{model['name']}'s "
                            f"lora.max_lora_rank ({limit}); raise it in the Serve config or "
                            f"train with method.lora.r <= {limit}")
-    adapter = register_adapter(folder, name, model["name"])
+    adapter = register_adapter(folder, name, model["name"], source)
     progress(f"adapter '{name}' (rank {rank}) registered on '{model['name']}': its replicas "
              f"load it on its first request, nothing restarts")
     return adapter.path

@@ -49,6 +49,7 @@ class Adapter:
     rank: int
     path: Path
     load_error: str | None = None  # why an engine could not load it (then not retried)
+    source: str | None = None  # where it came from (models:/NAME/VERSION, a folder)
 
 
 def adapters_dir() -> Path:
@@ -87,7 +88,7 @@ def check_name(name: str) -> None:
                            f"and '-' (up to 128), starting with a letter or digit")
 
 
-def register_adapter(folder: Path, name: str, base: str) -> Adapter:
+def register_adapter(folder: Path, name: str, base: str, source: str | None = None) -> Adapter:
     """Copy a checked adapter folder in under `name`; refuse a name already taken."""
     check_name(name)
     rank = check_adapter_folder(folder)
@@ -100,9 +101,10 @@ def register_adapter(folder: Path, name: str, base: str) -> Adapter:
     staging = adapters_dir() / f".{name}.incoming"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(folder, staging, ignore=shutil.ignore_patterns(METADATA, LOAD_ERROR))
-    (staging / METADATA).write_text(json.dumps({"name": name, "base": base, "rank": rank}))
+    (staging / METADATA).write_text(json.dumps({"name": name, "base": base, "rank": rank,
+                                                "source": source}))
     staging.rename(target)  # replicas never see a half-copied adapter
-    return Adapter(name, base, rank, target)
+    return Adapter(name, base, rank, target, source=source)
 
 
 def remove_adapter(name: str) -> None:
@@ -116,7 +118,8 @@ def remove_adapter(name: str) -> None:
 def read_adapter(name: str) -> Adapter:
     folder = adapters_dir() / name
     meta = json.loads((folder / METADATA).read_text())
-    return Adapter(name, meta["base"], int(meta["rank"]), folder, _load_error(folder))
+    return Adapter(name, meta["base"], int(meta["rank"]), folder, _load_error(folder),
+                   meta.get("source"))
 
 
 def _load_error(folder: Path) -> str | None:

@@ -12,6 +12,8 @@ prompt or an absurd `max_tokens`). This subclass adds what a client needs:
   their own names: listed in /v1/models with their base as `parent`, and routed to
   the base's replicas with the adapter's name kept, where vLLM loads them
   (`ember.serving.adapters`);
+- a name under rollout (`ember.models.rollouts`) answers from the version the
+  request's key is assigned (stable or canary), under that version's name;
 - an empty `messages` list refused up front, naming the field;
 - the access gate's checks that need the parsed body (`ember.access.gate`):
   the key's models (403) and the per-request ceilings (400); a streamed
@@ -37,7 +39,10 @@ from ember.access.request_state import (
     set_adapter_base,
     set_served_model,
     set_strip_usage,
+    set_version,
+    version_of,
 )
+from ember.models import rollouts
 from ember.models.adapters import Adapter, find_adapter, list_adapters
 from ember.openai_errors import openai_error
 from ember.ray_internals import (
@@ -66,6 +71,7 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
         super().__init__(llm_deployments, model_cards, **kwargs)
         self.lora_bases = set(lora_bases or [])  # served models whose engines load adapters
         self._adapters: dict[str, tuple[Adapter | None, float]] = {}
+        self._rollouts: dict[str, tuple[rollouts.Rollout | None, float]] = {}
         access_config = AccessConfig(**(access or {}))
         self.gate = AccessGate(access_config, prices)  # the replica's AccessMiddleware's too
         self._init_batches(batch, access_config.url())
@@ -73,7 +79,8 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
                                               "batch.max_file_mb")
 
     def _refusal(self, request: Request, body, *models: str | None) -> Response | None:
-        """403/400 for this key and body (its model, or `models` if given), or None."""
+        """403/400 for this key and body (its model, or `models` if given), or None.
+        Prompt log-probabilities are checked on the model that will answer (body's)."""
         return (self.gate.check_model(request_key(request), *(models or (body.model,)))
                 or self.gate.check_generation(body)
                 or self._prompt_logprobs_refusal(body, isinstance(body, ChatCompletionRequest)))
@@ -115,6 +122,7 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
 
     async def _chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         """Ray's chat route, after Ember's checks (internal calls come here directly)."""
+        body = self._routed(body, request)  # RAG's answerer may be a rolled-out name
         set_served_model(request.scope, body.model)  # the usage row's LLM (RAG: the answerer)
         self._note_adapter(body.model, request)
         return await OpenAiIngress.chat(self, with_usage(body, request), request)
@@ -140,9 +148,41 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
                 self._adapters.clear()
         return cached[0]
 
+    def rollout(self, model: str | None) -> rollouts.Rollout | None:
+        """The rollout serving `model`, re-read at most every `rollouts.CHECK_S`."""
+        if not self.lora_bases or model is None or model in ingress_model_cards(self):
+            return None
+        now = time.monotonic()
+        cached = self._rollouts.get(model)
+        if cached is None or now - cached[1] > rollouts.CHECK_S:
+            try:
+                found = rollouts.load(model)
+            except rollouts.RolloutError:
+                found = cached[0] if cached else None  # keep serving what was read last
+            cached = self._rollouts[model] = (found, now)
+            if len(self._rollouts) > 10_000:  # names clients made up
+                self._rollouts.clear()
+        return cached[0]
+
+    def _routed(self, body, request: Request):
+        """`body` for the version of a rolled-out name that this request's key sees."""
+        rollout = self.rollout(body.model)
+        if rollout is None:
+            return body
+        adapter = version_of(request.scope, body.model)
+        if adapter is None:
+            key = request_key(request)
+            adapter = rollout.pick(key.id if key else None).adapter
+            set_version(request.scope, body.model, adapter)
+        return body.model_copy(update={"model": adapter})
+
     async def models(self) -> ModelList:
         listed = await super().models()
-        listed.data += [_adapter_card(a) for a in list_adapters(self.lora_bases)]
+        adapters = list_adapters(self.lora_bases)
+        listed.data += [_adapter_card(a) for a in adapters]
+        names = {a.name for a in adapters}
+        listed.data += [_rollout_card(r) for r in rollouts.list_rollouts()
+                        if r.name not in names and self.adapter(r.stable.adapter)]
         return listed
 
     async def _get_model_id(self, model: str | None) -> str:
@@ -177,12 +217,14 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         if not body.messages:
             return _no_messages()
-        if refusal := self._refusal(request, body):
+        asked, body = body.model, self._routed(body, request)  # the key's rights: by `asked`
+        if refusal := self._refusal(request, body, asked):
             return refusal
         return await self._chat(body, request)
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
-        if refusal := self._refusal(request, body):
+        asked, body = body.model, self._routed(body, request)
+        if refusal := self._refusal(request, body, asked):
             return refusal
         self._note_adapter(body.model, request)
         return await super().completions(with_usage(body, request), request)
@@ -219,6 +261,8 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
     async def model_data(self, model: str):
         if (adapter := self.adapter(model)) is not None:
             return _adapter_card(adapter)
+        if (rollout := self.rollout(model)) is not None:
+            return _rollout_card(rollout)
         try:
             return await super().model_data(model)
         except OpenAIHTTPException as exc:
@@ -230,6 +274,15 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
 def _adapter_card(adapter: Adapter) -> ModelCard:
     return ModelCard(id=adapter.name, object="model", owned_by="ember", permission=[],
                      metadata={"kind": "adapter", "parent": adapter.base, "rank": adapter.rank})
+
+
+def _rollout_card(rollout: rollouts.Rollout) -> ModelCard:
+    versions = {rollout.stable.adapter: 100 - rollout.weight}
+    if rollout.canary is not None:
+        versions[rollout.canary.adapter] = rollout.weight
+    return ModelCard(id=rollout.name, object="model", owned_by="ember", permission=[],
+                     metadata={"kind": "rollout", "registered": rollout.registered,
+                               "versions": versions})
 
 
 def _no_messages() -> Response:
