@@ -341,7 +341,8 @@ def _unloadable_version(client, experiment: str, tmp_path: Path) -> str:
     client.log_artifacts(run, str(folder), "model")
     client.set_terminated(run)
     source = f"{client.get_run(run).info.artifact_uri}/model"
-    return client.create_model_version("keeper-lora-test", source=source, run_id=run).version
+    return str(client.create_model_version("keeper-lora-test", source=source,
+                                           run_id=run).version)
 
 
 def test_versions_roll_out_by_key_and_a_failing_canary_rolls_back_on_its_own(
@@ -361,8 +362,8 @@ def test_versions_roll_out_by_key_and_a_failing_canary_rolls_back_on_its_own(
     name, client = "keeper-canary", mlflow_client(mlflow_uri)
     _clean_rollout(name)
     v1 = client.get_model_version("keeper-lora-test", "1")
-    v2 = client.create_model_version("keeper-lora-test", source=v1.source,
-                                     run_id=v1.run_id).version
+    v2 = str(client.create_model_version("keeper-lora-test", source=v1.source,
+                                         run_id=v1.run_id).version)
     v3 = _unloadable_version(client, client.get_run(v1.run_id).info.experiment_id, tmp_path)
     common = ["--address", dashboard_url, "--tracking-uri", mlflow_uri]
     assert main(["serve-model", "models:/keeper-lora-test/1", "--name", name, *common]) == 0
