@@ -299,3 +299,9 @@ def test_medians_and_table_cope_with_missing_gpu_values():
     assert table.splitlines()[-1].endswith("| n/a | n/a |")
     assert serve_bench.format_table([row(1, 49.6, 2.04)]).splitlines()[-1].endswith(
         "| 50 | 2.0 |")
+
+
+def test_a_mixed_target_rotates_its_models_by_request_index():
+    target = serve_bench.Target("mixed", "http://x", "base+a1+a2")
+    assert [target.model_for(i) for i in range(5)] == ["base", "a1", "a2", "base", "a1"]
+    assert serve_bench.Target("one", "http://x", "base").model_for(7) == "base"

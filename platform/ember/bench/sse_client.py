@@ -50,7 +50,12 @@ class RequestResult:
 class Target:
     label: str
     url: str
-    model: str
+    model: str  # one model, or several joined by "+": requests take them in turn
+
+    def model_for(self, index: int) -> str:
+        """The model of a level's request `index` (a mixed load rotates its models)."""
+        models = self.model.split("+")
+        return models[index % len(models)]
 
 
 TOKEN_EVENT = re.compile(rb'[{,]"choices":\[\{"index":\d+,"delta":\{"content":"[^"]')
@@ -130,10 +135,10 @@ class StreamReader:
 
 
 async def one_request(
-    http: httpx.AsyncClient, target: Target, prompt: str, max_tokens: int
+    http: httpx.AsyncClient, target: Target, prompt: str, max_tokens: int, index: int = 0
 ) -> RequestResult:
     body = {
-        "model": target.model,
+        "model": target.model_for(index),
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
         "stream": True,
@@ -163,20 +168,22 @@ def http_client(concurrency: int, headers: dict[str, str]) -> httpx.AsyncClient:
                              headers=headers)
 
 
-def level_prompts(first: int, count: int) -> list[str]:
-    """Requests first..first+count-1 of a level (the same sequence however it is split)."""
-    return [PROMPTS[i % len(PROMPTS)] for i in range(first, first + count)]
+def level_prompts(first: int, count: int) -> list[tuple[int, str]]:
+    """Requests first..first+count-1 of a level, with their index in the level (the same
+    sequence however it is split)."""
+    return [(i, PROMPTS[i % len(PROMPTS)]) for i in range(first, first + count)]
 
 
 async def drive(http: httpx.AsyncClient, target: Target, concurrency: int,
-                prompts: list[str], max_tokens: int) -> list[RequestResult]:
+                prompts: list[tuple[int, str]], max_tokens: int) -> list[RequestResult]:
     """Send `prompts` with at most `concurrency` in flight: every client's worker loop."""
     pending = list(prompts)
     results: list[RequestResult] = []
 
     async def worker() -> None:
         while pending:
-            results.append(await one_request(http, target, pending.pop(), max_tokens))
+            index, prompt = pending.pop()
+            results.append(await one_request(http, target, prompt, max_tokens, index))
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return results

@@ -16,7 +16,7 @@ def register(commands) -> None:
         "--target",
         action="append",
         required=True,
-        metavar="LABEL=URL[@MODEL]",
+        metavar="LABEL=URL[@MODEL[+MODEL...]]",
         help="a server to measure; repeat to compare in one run",
     )
     serve.add_argument("--model", help="model id for targets that do not name one")

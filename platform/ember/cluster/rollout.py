@@ -146,14 +146,15 @@ def run_rollout(dashboard: str, registry: Registry, name: str, to: str, app: str
     state.canary = serve_version(dashboard, registry, state, registered, version, app, progress)
     registry.set_alias(registered, CHALLENGER, version)
     started = _canary_since(state, version)
-    for step in plan.steps:
+    for i, step in enumerate(plan.steps):
         if step == 100:
             return complete(state, registry, progress)
         state.weight = step
         state.note("canary", version=version, weight=step)
         rollouts.save(state)
         progress(f"{state.describe()}")
-        reason = watch(state, started, plan, database_url, progress)
+        advancing = i + 1 < len(plan.steps)  # a last step below 100 holds: no evidence needed
+        reason = watch(state, started, plan, database_url, progress, advancing)
         if reason is not None:
             return rollback(state, registry, reason, progress)
     progress(f"holding at {state.weight}%: continue with `ember models rollout {name} --to "
@@ -173,9 +174,9 @@ def _canary_since(state: Rollout, version: str) -> float:
 
 
 def watch(state: Rollout, since: float, plan: RolloutPlan, database_url: str,
-          progress=print) -> str | None:
-    """Watch the canary for one step: a reason to roll back, or None when the step may
-    advance (its interval passed with at least `min_requests` judged)."""
+          progress=print, advancing: bool = True) -> str | None:
+    """Watch the canary for one step: a reason to roll back, or None when the step is
+    over: its interval passed, and, before advancing, at least `min_requests` judged."""
     step_ends = time.monotonic() + plan.interval_s
     waiting_noted = False
     while True:
@@ -185,7 +186,7 @@ def watch(state: Rollout, since: float, plan: RolloutPlan, database_url: str,
             progress(f"  canary {canary.describe()}; stable {stable.describe()}")
             return reason
         if time.monotonic() >= step_ends:
-            if canary.requests >= plan.thresholds.min_requests:
+            if canary.requests >= plan.thresholds.min_requests or not advancing:
                 progress(f"  canary {canary.describe()}; stable {stable.describe()}")
                 return None
             if not waiting_noted:
