@@ -108,9 +108,11 @@ def deploy(folder: Path) -> None:
     ray.init(address="auto", log_to_driver=False)
     accelerator = next(k.split(":", 1)[1] for k in ray.cluster_resources()
                        if k.startswith("accelerator_type:"))
-    config = LLMAppConfig(models=[{"name": MODEL, "source": str(folder),
-                                   "accelerator_type": accelerator, "engine": ENGINE}],
-                          access={"auth": False})
+    model = {"name": MODEL, "source": str(folder), "accelerator_type": accelerator,
+             "engine": ENGINE}
+    if lora := os.environ.get("BENCH_LORA_MAX"):  # bench_adapters.py: adapters on the base
+        model["lora"] = {"max_loras": int(lora), "max_lora_rank": 16}
+    config = LLMAppConfig(models=[model], access={"auth": False})
     serve.start(http_options={"host": "127.0.0.1", "port": EMBER_PORT})
     serve.run(build_llm_app(config), name="ember", route_prefix="/", blocking=False)
 
