@@ -59,6 +59,22 @@ def write_adapter(folder: Path, seed: int, base: Path) -> int:
     return (folder / "adapter_model.safetensors").stat().st_size
 
 
+def start_vllm_with_adapters(folder: Path, scratch: Path, names: list[str], max_loras: int):
+    """Plain vLLM's OpenAI server with the same engine and LoRA settings, the adapters
+    named as in Ember (`--lora-modules NAME=PATH`)."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
+           "--served-model-name", bs.MODEL, "--host", "127.0.0.1", "--port", str(bs.VLLM_PORT),
+           "--dtype", bs.ENGINE["dtype"], "--max-model-len", str(bs.ENGINE["max_model_len"]),
+           "--gpu-memory-utilization", str(bs.ENGINE["gpu_memory_utilization"]),
+           "--enable-lora", "--max-loras", str(max_loras), "--max-lora-rank", str(RANK),
+           "--lora-modules", *[f"{n}={scratch / n.replace('lora-', 'adapter-')}"
+                               for n in names]]
+    log = (scratch / "vllm.log").open("w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
 def warm(url: str, models: list[str]) -> None:
     import httpx
 
@@ -77,6 +93,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--deadline-s", type=float, default=520)
+    parser.add_argument("--vllm", action="store_true",
+                        help="also plain vLLM with the same LoRA settings and adapters "
+                             "(`--lora-modules`), same targets, alternating")
     args = parser.parse_args()
     out, scratch = Path(args.out), Path("/tmp/bench-scratch")
     shutil.rmtree(scratch, ignore_errors=True)
@@ -96,13 +115,20 @@ def main() -> int:
         register_adapter(scratch / f"adapter-{i}", f"lora-{i}", bs.MODEL)
         names.append(f"lora-{i}")
     bs.say(f"{len(names)} adapters registered ({adapter_bytes / 2**20:.1f} MiB each)")
+    vllm = start_vllm_with_adapters(folder, scratch, names, max(counts)) if args.vllm else None
     bs.start_ember(folder, "haproxy", scratch / "ray.log")
     url = f"http://127.0.0.1:{bs.EMBER_PORT}"
-    bs.wait_ready(url)
-    warm(url, names)
-    bs.say("Ember ready, every adapter answered once")
-    targets = [Target("base", url, bs.MODEL)] + [
-        Target(f"mixed-{n}", url, "+".join([bs.MODEL, *names[:n]])) for n in counts]
+    servers = [("", url)]
+    if vllm is not None:
+        servers.append(("vllm-", f"http://127.0.0.1:{bs.VLLM_PORT}"))
+    for _, server in servers:
+        bs.wait_ready(server)
+        warm(server, names)
+    bs.say("ready, every adapter answered once")
+    targets = [Target(f"{prefix}{label}", server, models)
+               for prefix, server in servers
+               for label, models in [("base", bs.MODEL)] + [
+                   (f"mixed-{n}", "+".join([bs.MODEL, *names[:n]])) for n in counts]]
     rows = []
     try:
         for level in (int(x) for x in args.levels.split(",")):
@@ -129,6 +155,8 @@ def main() -> int:
     finally:
         bs.collect_logs(scratch, "haproxy")
         bs.stop_ember()
+        if vllm is not None:
+            vllm.terminate()
     return 0
 
 

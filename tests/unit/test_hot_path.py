@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 
+from pathlib import Path
+
+from ember.models.adapters import Adapter
 from ember.openai_errors import openai_error
 from ember.serving.engine_replica import HotPath
 
@@ -30,10 +33,23 @@ class Recorder:
 
 
 class Checks:
-    """Stands in for OpenAIRoutes's checks: refuses n > 1."""
+    """Stands in for OpenAIRoutes's checks: refuses n > 1 and a key's unknown names; an
+    adapter `lora-a` on MODEL, `broken` that failed to load, `keeper` rolled out to
+    `keeper.v2` (the real lookups: tests/unit/test_rollouts.py and the integration tests)."""
 
-    def hot_path_refusal(self, path, data, key):
+    lora_bases = {MODEL}
+    adapters = {"lora-a": Adapter("lora-a", MODEL, 8, Path("/a")),
+                "keeper.v2": Adapter("keeper.v2", MODEL, 8, Path("/k")),
+                "broken": Adapter("broken", MODEL, 8, Path("/b"), load_error="bad weights")}
+
+    def hot_path_refusal(self, path, data, key, asked=None):
+        if (asked or data["model"]) == "forbidden":
+            return openai_error(403, "not for this key")
         return openai_error(400, "n too big", "n") if data.get("n", 1) > 1 else None
+
+    def hot_path_adapter(self, model, base, scope):
+        adapter = self.adapters.get("keeper.v2" if model in ("keeper", "forbidden") else model)
+        return adapter if adapter and adapter.base == base and not adapter.load_error else None
 
 
 def call(path: str, body: dict | bytes, method: str = "POST"):
@@ -91,3 +107,25 @@ def test_a_stream_asks_the_engine_for_usage_and_the_gate_strips_it():
     body["stream_options"] = {"include_usage": True}
     engine, _, _, scope = call("/v1/completions", body)
     assert json.loads(engine.calls[0][1]) == body and "ember_strip_usage" not in scope["state"]
+
+
+def test_an_adapter_on_the_replicas_model_goes_to_the_engine_app_too():
+    body = {"model": "lora-a", "messages": [{"role": "user", "content": "hi"}]}
+    engine, ember, _, scope = call("/v1/chat/completions", body)
+    assert not ember.calls and json.loads(engine.calls[0][1]) == body  # passed as sent
+    assert scope["state"]["ember_served_model"] == "lora-a"
+    assert scope["state"]["ember_adapter_base"] == MODEL  # its tokens: the base's cost
+    # one that failed to load stays with Ember's routes (they answer its recorded reason)
+    engine, ember, _, _ = call("/v1/chat/completions", {**body, "model": "broken"})
+    assert ember.calls and not engine.calls
+
+
+def test_a_rolled_out_name_reaches_the_engine_as_its_version_checked_by_the_name_asked():
+    body = {"model": "keeper", "messages": [{"role": "user", "content": "hi"}]}
+    engine, _, _, scope = call("/v1/chat/completions", body)
+    (engine_scope, raw), = engine.calls
+    assert json.loads(raw) == {**body, "model": "keeper.v2"}
+    assert (b"content-length", str(len(raw)).encode()) in engine_scope["headers"]
+    assert scope["state"]["ember_served_model"] == "keeper.v2"
+    engine, _, sent, _ = call("/v1/chat/completions", {**body, "model": "forbidden"})
+    assert not engine.calls and sent[0]["status"] == 403

@@ -11,12 +11,15 @@ builds one ASGI app in its own process, with its own event loop:
 
     AccessMiddleware (keys, limits, usage)         ember.access.gate
       HotPath
-        POST /v1/chat/completions, /v1/completions for this replica's model
+        POST /v1/chat/completions, /v1/completions for this replica's model, a
+          LoRA adapter on it, or a rolled-out name's version of one
           -> vLLM's own OpenAI server app on this replica's engine client
-             (the code a plain `vllm serve` runs; no Ray hop per token)
-        everything else (rag:* models, other models, /v1/models, /v1/retrieve,
-          /health, ...) -> Ember's routes (`OpenAIRoutes` / `RAGRoutes`, bound
-          on Ray's OpenAI FastAPI app by `routes_app`), whose calls to this
+             (the code a plain `vllm serve` runs; no Ray hop per token; vLLM
+             loads an adapter through Ember's resolver, `serving/adapters.py`)
+        everything else (rag:* models, other models, an adapter that failed to
+          load, /v1/models, /v1/retrieve, /health, ...) -> Ember's routes
+          (`OpenAIRoutes` / `RAGRoutes`, bound on Ray's OpenAI FastAPI app by
+          `routes_app`), whose calls to this
           replica's model run in-process (`LocalHandle`) and to other models
           through Serve handles, as before.
 
@@ -34,7 +37,12 @@ import logging
 from types import SimpleNamespace
 from typing import Any
 
-from ember.access.request_state import key_of, set_served_model, set_strip_usage
+from ember.access.request_state import (
+    key_of,
+    set_adapter_base,
+    set_served_model,
+    set_strip_usage,
+)
 from ember.ray_internals import (
     LLMServer,
     build_engine_asgi_app,
@@ -124,20 +132,39 @@ class HotPath:
             return
         body = await _read_body(receive)
         data = _json_object(body)
-        if data is None or data.get("model") != self.model_id:
+        asked = data.get("model") if data is not None else None
+        served = self._served(asked, scope)
+        if served is None:
             await self.ember_app(scope, _replay(body, receive), send)
             return
-        set_served_model(scope, self.model_id)
-        if refusal := self.routes.hot_path_refusal(scope["path"], data, key_of(scope)):
+        set_served_model(scope, served)
+        if refusal := self.routes.hot_path_refusal(scope["path"], {**data, "model": served},
+                                                   key_of(scope), asked):
             await refusal(scope, receive, send)
             return
+        rewrite = served != asked
         if data.get("stream") and not (data.get("stream_options") or {}).get("include_usage"):
             set_strip_usage(scope)  # see openai_routes.with_usage
             data["stream_options"] = {**(data.get("stream_options") or {}),
                                       "include_usage": True}
-            body = json.dumps(data).encode()
+            rewrite = True
+        if rewrite:
+            body = json.dumps({**data, "model": served}).encode()
             scope = {**scope, "headers": _with_length(scope["headers"], len(body))}
         await self.engine_app(scope, _replay(body, receive), send)
+
+    def _served(self, asked: str | None, scope: dict) -> str | None:
+        """The model vLLM's server code answers `asked` with here: this replica's model, or
+        an adapter on it (vLLM loads it through Ember's resolver); None: Ember's routes."""
+        if asked == self.model_id:
+            return asked
+        if asked is None or not self.routes.lora_bases:
+            return None
+        adapter = self.routes.hot_path_adapter(asked, self.model_id, scope)
+        if adapter is None:
+            return None
+        set_adapter_base(scope, adapter.base)  # its tokens share the base's replica cost
+        return adapter.name
 
 
 class LocalHandle:

@@ -111,14 +111,33 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
         return (self.gate.check_model(request_key(request), body.model)
                 or self.gate.check_embedding_inputs(count))
 
-    def hot_path_refusal(self, path: str, data: dict, key) -> Response | None:
-        """The checks of `chat`/`completions` on a raw body (`engine_replica.HotPath`)."""
+    def hot_path_refusal(self, path: str, data: dict, key,
+                         asked: str | None = None) -> Response | None:
+        """The checks of `chat`/`completions` on a raw body (`engine_replica.HotPath`);
+        the key's rights by `asked`, the name the client sent (a rolled-out name)."""
         if path == "/v1/chat/completions" and data.get("messages") == []:
             return _no_messages()
         body = SimpleNamespace(**data)
-        return (self.gate.check_model(key, data.get("model"))
+        return (self.gate.check_model(key, asked or data.get("model"))
                 or self.gate.check_generation(body)
                 or self._prompt_logprobs_refusal(body, path == "/v1/chat/completions"))
+
+    def hot_path_adapter(self, model: str | None, base: str, scope: dict) -> Adapter | None:
+        """The adapter on `base` that answers `model` (itself, or a rolled-out name's
+        version for this request's key), for the hot path to hand to vLLM's server code
+        directly; None leaves the request to these routes (not an adapter of `base`, or
+        one that failed to load: its refusal is theirs)."""
+        if (rollout := self.rollout(model)) is not None:
+            chosen = version_of(scope, model)
+            if chosen is None:
+                key = key_of(scope)
+                chosen = rollout.pick(key.id if key else None).adapter
+                set_version(scope, model, chosen)
+            model = chosen
+        adapter = self.adapter(model)
+        if adapter is None or adapter.base != base or adapter.load_error:
+            return None
+        return adapter
 
     async def _chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         """Ray's chat route, after Ember's checks (internal calls come here directly)."""
