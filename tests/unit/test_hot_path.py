@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-
 from pathlib import Path
 
 from ember.models.adapters import Adapter
