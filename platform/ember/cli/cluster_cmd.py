@@ -142,6 +142,10 @@ def _print_adapters() -> None:
               + (f", {len(failed)} failed to load" if failed else ""))
         for adapter in failed:
             print(f"  {adapter.name} on {adapter.base}: LOAD FAILED: {adapter.load_error}")
+    from ember.models.rollouts import list_rollouts
+
+    for rollout in list_rollouts():  # served names with versions (ember models rollouts)
+        print(f"  rollout {rollout.describe()}")
 
 
 def _print_services() -> None:
