@@ -200,3 +200,17 @@ def test_steps_and_targets_are_checked():
     assert ro.resolve_target(None, "keeper", "models:/other/7") == ("other", "7")
     with pytest.raises(ClusterError, match="does not come from the MLflow registry"):
         ro.resolve_target(Rollout("keeper", Track("keeper")), "keeper", "4")
+
+
+def test_promote_gates_then_switches_the_names_that_follow_the_registered_model(registry):
+    rollouts.save(Rollout("keeper", Track("keeper.v1", "1"), registered="reg"))
+    plan = ro.RolloutPlan(steps=[100])
+    with pytest.raises(PromotionError, match="not promoted"):
+        ro.promote("http://unused", registry, "reg", "3", "ember", plan, print)
+    assert rollouts.load("keeper").stable == Track("keeper.v1", "1")  # nothing moved
+    assert ro.promote("http://unused", registry, "reg", "2", "ember", plan, print) == ["keeper"]
+    state = rollouts.load("keeper")
+    assert (state.stable, state.previous) == (Track("keeper.v2", "2"), Track("keeper.v1", "1"))
+    assert (registry.alias("reg", "champion"), registry.alias("reg", "previous")) == ("2", "1")
+    tags = registry.client.get_model_version("reg", "2").tags
+    assert tags["ember.gate"].startswith("passed") and "ember.gate_forced_by" not in tags
