@@ -383,7 +383,7 @@ def test_versions_roll_out_by_key_and_a_failing_canary_rolls_back_on_its_own(
 
     time.sleep(rollouts.CHECK_S + 0.5)  # every replica sees the split
     with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(ask, keys * 4))
+        answers = list(pool.map(ask, keys * 2))  # twice per key: the second sees the same
     assert {status for _, status, _ in answers} == {200}
     by_key = {}
     for key, _, model in answers:
@@ -393,10 +393,10 @@ def test_versions_roll_out_by_key_and_a_failing_canary_rolls_back_on_its_own(
     print(f"\ncanary share at 10%: {share:.1%} of {len(answers)} requests from 50 keys")
     assert 0.07 <= share <= 0.13
     deadline = time.monotonic() + 30
-    while served_rows(access_url, f"{name}.v{v2}") < share * 200 and \
+    while served_rows(access_url, f"{name}.v{v2}") < share * len(answers) and \
             time.monotonic() < deadline:
         time.sleep(0.5)
-    assert served_rows(access_url, f"{name}.v{v2}") == round(share * 200)  # usage per version
+    assert served_rows(access_url, f"{name}.v{v2}") == round(share * len(answers))  # per version
 
     # the gate: v3 has no evaluation
     assert main(["models", "rollback", name, "--tracking-uri", mlflow_uri]) == 0
