@@ -138,8 +138,8 @@ class HotPath:
             await self.ember_app(scope, _replay(body, receive), send)
             return
         set_served_model(scope, served)
-        if refusal := self.routes.hot_path_refusal(scope["path"], {**data, "model": served},
-                                                   key_of(scope), asked):
+        checked = data if served == asked else {**data, "model": served}  # no copy: base
+        if refusal := self.routes.hot_path_refusal(scope["path"], checked, key_of(scope), asked):
             await refusal(scope, receive, send)
             return
         rewrite = served != asked
