@@ -98,11 +98,9 @@ def main() -> int:
     print(f"[bench] engine replicas' resident memory: {before:.2f} GiB before the adapters "
           f"were loaded, {after:.2f} GiB after ({after - before:+.2f} GiB for "
           f"{args.adapters} adapters)")
-    report = json.loads(Path(args.json).read_text())
-    report_path = Path(args.json).with_suffix(".memory.json")
-    report_path.write_text(json.dumps({"rss_before_gib": before, "rss_after_gib": after,
-                                       "adapters": args.adapters}))
-    return 0 if report else 1
+    Path(args.json).with_suffix(".memory.json").write_text(json.dumps(
+        {"rss_before_gib": before, "rss_after_gib": after, "adapters": args.adapters}))
+    return 0
 
 
 if __name__ == "__main__":

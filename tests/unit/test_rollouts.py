@@ -204,11 +204,11 @@ def test_steps_and_targets_are_checked():
 
 def test_promote_gates_then_switches_the_names_that_follow_the_registered_model(registry):
     rollouts.save(Rollout("keeper", Track("keeper.v1", "1"), registered="reg"))
-    plan = ro.RolloutPlan(steps=[100])
     with pytest.raises(PromotionError, match="not promoted"):
-        ro.promote("http://unused", registry, "reg", "3", "ember", plan, print)
+        ro.promote("http://unused", registry, "reg", "3", "ember", progress=print)
     assert rollouts.load("keeper").stable == Track("keeper.v1", "1")  # nothing moved
-    assert ro.promote("http://unused", registry, "reg", "2", "ember", plan, print) == ["keeper"]
+    assert ro.promote("http://unused", registry, "reg", "2", "ember", progress=print) == [
+        "keeper"]
     state = rollouts.load("keeper")
     assert (state.stable, state.previous) == (Track("keeper.v2", "2"), Track("keeper.v1", "1"))
     assert (registry.alias("reg", "champion"), registry.alias("reg", "previous")) == ("2", "1")

@@ -146,14 +146,12 @@ def _plan(args):
     from ember.access.version_health import Thresholds
     from ember.cluster.rollout import RolloutPlan, parse_steps
 
-    steps = parse_steps(args.steps) if hasattr(args, "steps") else [100]
-    thresholds = Thresholds(
-        max_error_rate=getattr(args, "max_error_rate", 0.05),
-        max_ttft_p95_ms=getattr(args, "max_ttft_p95_ms", None),
-        min_requests=getattr(args, "min_requests", 10))
-    return RolloutPlan(steps=steps, interval_s=getattr(args, "interval", 0.0),
-                       poll_s=getattr(args, "poll", 2.0), thresholds=thresholds,
-                       margin=args.margin, force=args.force, reason=args.reason)
+    thresholds = Thresholds(max_error_rate=args.max_error_rate,
+                            max_ttft_p95_ms=args.max_ttft_p95_ms,
+                            min_requests=args.min_requests)
+    return RolloutPlan(steps=parse_steps(args.steps), interval_s=args.interval,
+                       poll_s=args.poll, thresholds=thresholds, margin=args.margin,
+                       force=args.force, reason=args.reason)
 
 
 def run_promote(args) -> int:
@@ -162,7 +160,7 @@ def run_promote(args) -> int:
     from ember.models.promotion import Registry
 
     switched = promote(args.address or DASHBOARD, Registry(args.tracking_uri), args.registered,
-                       args.version, args.app, _plan(args))
+                       args.version, args.app, args.margin, args.force, args.reason)
     if not switched:
         print(f"no served name follows '{args.registered}' yet: serve the champion with "
               f"`ember serve-model models:/{args.registered}@champion --name NAME`")

@@ -115,10 +115,11 @@ def serve_version(dashboard: str, registry: Registry, state: Rollout, registered
 
 
 def promote(dashboard: str, registry: Registry, registered: str, version: str, app: str,
-            plan: RolloutPlan, progress=print) -> list[str]:
+            margin: float = DEFAULT_MARGIN, force: bool = False, reason: str | None = None,
+            progress=print) -> list[str]:
     """Gate, then `champion` -> version; served names that follow `registered` switch to
     it at once (a one-step rollout). The names switched."""
-    check_gate(registry, registered, version, plan.margin, plan.force, plan.reason, progress)
+    check_gate(registry, registered, version, margin, force, reason, progress)
     switched = []
     for state in rollouts.list_rollouts():
         if state.registered == registered and state.stable.version != version:

@@ -151,36 +151,37 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
             set_adapter_base(request.scope, adapter.base)
 
     def adapter(self, model: str | None) -> Adapter | None:
-        """The registered adapter `model` names, if its base is served here with LoRA on.
+        """The registered adapter `model` names, if its base is served here with LoRA on."""
+        def find(name: str) -> Adapter | None:
+            found = find_adapter(name)
+            return found if found is not None and found.base in self.lora_bases else None
 
-        Looked up on disk at most every `ADAPTER_CHECK_S` per name: the registry may be
-        on network storage, and this runs on the replica's event loop."""
-        if not self.lora_bases or model is None or model in ingress_model_cards(self):
-            return None
-        now = time.monotonic()
-        cached = self._adapters.get(model)
-        if cached is None or now - cached[1] > ADAPTER_CHECK_S:
-            found = find_adapter(model)
-            cached = self._adapters[model] = (
-                found if found is not None and found.base in self.lora_bases else None, now)
-            if len(self._adapters) > 10_000:  # names clients made up
-                self._adapters.clear()
-        return cached[0]
+        return self._looked_up(self._adapters, model, find, ADAPTER_CHECK_S)
 
     def rollout(self, model: str | None) -> rollouts.Rollout | None:
-        """The rollout serving `model`, re-read at most every `rollouts.CHECK_S`."""
+        """The rollout serving `model` (an unreadable state keeps what was read last)."""
+        def find(name: str) -> rollouts.Rollout | None:
+            try:
+                return rollouts.load(name)
+            except rollouts.RolloutError:
+                cached = self._rollouts.get(name)
+                return cached[0] if cached else None
+
+        return self._looked_up(self._rollouts, model, find, rollouts.CHECK_S)
+
+    def _looked_up(self, cache: dict, model: str | None, find, max_age_s: float):
+        """`find(model)`, read from disk at most every `max_age_s` per name: the registry
+        may be on network storage, and this runs on the replica's event loop. None for the
+        replica's own models and where no model here loads adapters."""
         if not self.lora_bases or model is None or model in ingress_model_cards(self):
             return None
         now = time.monotonic()
-        cached = self._rollouts.get(model)
-        if cached is None or now - cached[1] > rollouts.CHECK_S:
-            try:
-                found = rollouts.load(model)
-            except rollouts.RolloutError:
-                found = cached[0] if cached else None  # keep serving what was read last
-            cached = self._rollouts[model] = (found, now)
-            if len(self._rollouts) > 10_000:  # names clients made up
-                self._rollouts.clear()
+        cached = cache.get(model)
+        if cached is None or now - cached[1] > max_age_s:
+            cached = (find(model), now)
+            if len(cache) >= 10_000:  # names clients made up
+                cache.clear()
+            cache[model] = cached
         return cached[0]
 
     def _routed(self, body, request: Request):
