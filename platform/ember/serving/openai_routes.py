@@ -127,14 +127,7 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
         version for this request's key), for the hot path to hand to vLLM's server code
         directly; None leaves the request to these routes (not an adapter of `base`, or
         one that failed to load: its refusal is theirs)."""
-        if (rollout := self.rollout(model)) is not None:
-            chosen = version_of(scope, model)
-            if chosen is None:
-                key = key_of(scope)
-                chosen = rollout.pick(key.id if key else None).adapter
-                set_version(scope, model, chosen)
-            model = chosen
-        adapter = self.adapter(model)
+        adapter = self.adapter(self._version(model, scope))
         if adapter is None or adapter.base != base or adapter.load_error:
             return None
         return adapter
@@ -186,15 +179,20 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
 
     def _routed(self, body, request: Request):
         """`body` for the version of a rolled-out name that this request's key sees."""
-        rollout = self.rollout(body.model)
-        if rollout is None:
-            return body
-        adapter = version_of(request.scope, body.model)
-        if adapter is None:
-            key = request_key(request)
-            adapter = rollout.pick(key.id if key else None).adapter
-            set_version(request.scope, body.model, adapter)
-        return body.model_copy(update={"model": adapter})
+        version = self._version(body.model, request.scope)
+        return body if version == body.model else body.model_copy(update={"model": version})
+
+    def _version(self, model: str | None, scope: dict) -> str | None:
+        """The adapter that answers `model` for this request: a rolled-out name's version
+        for its key (chosen once per request), else `model` itself."""
+        if (rollout := self.rollout(model)) is None:
+            return model
+        chosen = version_of(scope, model)
+        if chosen is None:
+            key = key_of(scope)
+            chosen = rollout.pick(key.id if key else None).adapter
+            set_version(scope, model, chosen)
+        return chosen
 
     async def models(self) -> ModelList:
         listed = await super().models()
