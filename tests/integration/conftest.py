@@ -148,7 +148,9 @@ def serve_config(milvus_uri, access_url, tmp_path_factory) -> dict:
     args["models"][0]["autoscaling"].update(min_replicas=2, max_replicas=2)
     # small Batch API ceilings, so test_batch_api can cross them cheaply
     args["batch"].update(files_dir=str(tmp_path_factory.mktemp("batches")), max_lines=300,
-                         max_file_mb=1, sync_max_requests=8)
+                         max_file_mb=1, sync_max_requests=8,
+                         # the watchdog's test freezes an engine: it must not wait 10 minutes
+                         stall_timeout_s=45)
     assert args["rag"]["default_collection"] == COLLECTION
     return config
 

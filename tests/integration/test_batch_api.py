@@ -7,12 +7,15 @@ own vLLM engine on Ray Data LLM.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import signal
 import time
 
 import httpx
 import openai
+import psutil
 import pytest
 
 MODEL = "smollm2-135m-instruct"
@@ -152,6 +155,63 @@ def test_a_cancelled_batch_keeps_its_results(openai_client, finished_batch):
     assert all(r["response"]["status_code"] == 200 for r in kept)
     with pytest.raises(openai.ConflictError):
         openai_client.batches.cancel(batch.id)
+
+
+def frozen_batch_engine() -> list:
+    """The batch engine's vLLM processes (children of Ray Data LLM's engine actor), stopped
+    with SIGSTOP: an engine that hangs without dying, the harder case for a watchdog."""
+    actors = [p for p in psutil.process_iter(["cmdline"])
+              if (p.info["cmdline"] or [""])[0].startswith("ray::MapWorker(MapBatches(Nice")]
+    assert len(actors) == 1, [a.info["cmdline"] for a in actors]
+    engine = actors[0].children(recursive=True)
+    assert engine, "the batch engine actor has no vLLM processes"
+    for process in engine:
+        process.send_signal(signal.SIGSTOP)
+    return engine
+
+
+def test_a_batch_whose_engine_hangs_fails_and_keeps_its_results(openai_client, ray_cluster,
+                                                                  local_app_args):
+    """The runner's watchdog (the session's `batch.stall_timeout_s`: 45 s) fails it."""
+    source = upload(openai_client, short_then_long("h"))
+    batch = openai_client.batches.create(input_file_id=source.id,
+                                         endpoint="/v1/chat/completions",
+                                         completion_window="24h")
+    running = wait_for(openai_client, batch.id, every_s=0.5,
+                       until=lambda b: b.request_counts.completed >= 16 or b.status in DONE)
+    assert running.status == "in_progress"
+    engine = frozen_batch_engine()
+    try:
+        stall_s = local_app_args["batch"]["stall_timeout_s"]
+        failed = wait_for(openai_client, batch.id, lambda b: b.status in DONE,
+                          timeout_s=4 * stall_s)
+    finally:
+        for process in engine:  # stopped processes outlive their parent otherwise
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+    assert failed.status == "failed", failed
+    [error] = failed.errors.data
+    assert "stall_timeout_s" in error.message and "died or hangs" in error.message, error
+    kept = lines_of(openai_client, failed.output_file_id)
+    assert len(kept) == failed.request_counts.completed >= 16
+    assert all(r["response"]["status_code"] == 200 for r in kept)
+    # the runner ended (its engine with it), and a look at a failed batch starts none
+    assert openai_client.batches.retrieve(batch.id).status == "failed"
+    deadline = time.monotonic() + 30
+    while runner_alive(batch.id) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not runner_alive(batch.id)
+
+
+def runner_alive(batch_id: str) -> bool:
+    import ray
+    from ember.batch.service import runner_name
+
+    try:
+        ray.get_actor(runner_name(batch_id), namespace="ember")
+        return True
+    except ValueError:
+        return False
 
 
 # Longer than the suite's ceiling (pyproject.toml): two waits of up to 900 s each (wait_for).

@@ -26,6 +26,16 @@ class BatchServiceConfig(BaseModel):
     nice: int = Field(10, ge=0, le=19, description="its processes' OS priority (nice): "
                                                    "online requests go first on shared cores")
     batch_size: int = Field(32, ge=1, description="requests per Ray Data batch to the engine")
+    # The watchdog: a batch engine that died or hangs must not leave its batch
+    # in_progress for ever (Ray Data would wait on it). The first result waits for the
+    # engine's start (model load, on GPUs minutes), later ones for at most one block.
+    start_timeout_s: float = Field(1800, gt=0, description="a batch with no result this long "
+                                                           "after its runner started fails "
+                                                           "(its finished lines kept)")
+    stall_timeout_s: float = Field(600, gt=0, description="a running batch with no new result "
+                                                          "for this long fails (the engine "
+                                                          "died or hangs); its finished "
+                                                          "lines are kept")
     sync_max_requests: int = Field(64, ge=1, description="POST /v1/batch: more answer 413")
     sync_concurrency: int = Field(8, ge=1, description="POST /v1/batch: requests in flight "
                                                        "at once on the online engine")

@@ -157,8 +157,10 @@ def resolve_batch_model(ref: str) -> str:
     return resolve_model(ref)
 
 
-def run_batch(config: BatchConfig, progress=print, on_result=None) -> BatchReport:
-    """Run the lines the output lacks; `on_result(completed, failed)` after each result
+def run_batch(config: BatchConfig, progress=print, on_result=None,
+              on_engine_result=None) -> BatchReport:
+    """Run the lines the output lacks; `on_result(completed, failed)` after each result,
+    `on_engine_result()` after each the engine gave (not the lines refused before it)
     (counts over the whole batch so far)."""
     from transformers import AutoTokenizer
 
@@ -176,7 +178,7 @@ def run_batch(config: BatchConfig, progress=print, on_result=None) -> BatchRepor
     pending = [e for e in entries if e.custom_id is not None and e.custom_id not in results]
     config.output_path.parent.mkdir(parents=True, exist_ok=True)
     with config.output_path.open("a") as file:
-        out = _Output(file, results, on_result)
+        out = _Output(file, results, on_result, on_engine_result)
         for entry in pending:
             if not entry.runnable:  # checked on the driver: no engine needed
                 out.add(entry.custom_id, error_result(entry))
@@ -200,8 +202,10 @@ def run_batch(config: BatchConfig, progress=print, on_result=None) -> BatchRepor
 class _Output:
     """The results file being appended to, and the counts it holds."""
 
-    def __init__(self, file, results: dict[str, dict], on_result=None) -> None:
+    def __init__(self, file, results: dict[str, dict], on_result=None,
+                 on_engine_result=None) -> None:
         self.file, self.results, self.on_result = file, results, on_result
+        self.on_engine_result = on_engine_result
         self.completed = sum(1 for r in results.values() if is_ok(r))
         self.failed = len(results) - self.completed
 
@@ -253,6 +257,8 @@ def _run_engine(config: BatchConfig, model_path: str, to_run: list[BatchLine], o
                                         int(row["tokens"]))
                 tokens += int(row["tokens"])
             out.add(entry.custom_id, record)
+            if out.on_engine_result is not None:
+                out.on_engine_result()
             done += 1
             ticker.tick(done, tokens)
     return done, tokens, ticker.first or time.monotonic()

@@ -13,6 +13,9 @@
   runner, which resumes from the results file (no finished line runs again).
 - `POST /v1/batches/{id}/cancel` stops the runner; the results it wrote stay
   and become the batch's output and error files, as for a completed batch.
+- A watchdog in the runner fails a batch that gets no result for `stall_timeout_s`
+  (`start_timeout_s` before the first: the engine's start): an engine that died or
+  hangs. Its finished lines become its output and error files, as for a cancel.
 """
 
 from __future__ import annotations
@@ -206,9 +209,11 @@ class BatchRunner:
     """Runs one batch as a detached actor and keeps its row current."""
 
     def __init__(self, batch_id: str, database_url: str, files_dir: str, job: dict,
-                 max_running: int) -> None:
+                 max_running: int, start_timeout_s: float = 1800,
+                 stall_timeout_s: float = 600) -> None:
         self.store = BatchStore(database_url, files_dir)
         self.batch_id, self.job, self.max_running = batch_id, job, max_running
+        self.timeouts = (start_timeout_s, stall_timeout_s)
 
     def run(self) -> str:
         """Run the batch, then end this detached actor (it would otherwise live on idle)."""
@@ -227,18 +232,70 @@ class BatchRunner:
                 return "not run"  # cancelled while waiting
             time.sleep(2)
         batch = self.store.batch(self.batch_id)
+        watchdog = _Watchdog(*self.timeouts, on_expiry=lambda why: self._stalled(batch, why))
         try:
             with _CountsToRow(self.store, self.batch_id) as counter:
                 run_batch(BatchConfig(**self.job), progress=lambda _line: None,
-                          on_result=counter)
+                          on_result=counter, on_engine_result=watchdog.progressed)
         except Exception as exc:  # noqa: BLE001 - the batch fails with the reason kept
-            self.store.update(self.batch_id, status="failed", finished_at=time.time(),
-                              error=f"{type(exc).__name__}: {exc}"[:2000])
+            self._fail(batch, f"{type(exc).__name__}: {exc}")
             return "failed"
+        finally:
+            watchdog.stop()
         if self.store.batch(self.batch_id)["status"] == "in_progress":
             self.store.update(self.batch_id, status="finalizing")
             finalize(self.store, batch, "completed")
         return "done"
+
+    def _fail(self, batch: dict, reason: str) -> None:
+        """Failed, with the lines that finished in its output and error files."""
+        if self.store.batch(self.batch_id)["status"] != "in_progress":
+            return  # cancelled meanwhile: the cancel kept the results
+        finalize(self.store, batch, "failed")
+        self.store.update(self.batch_id, error=reason[:2000])
+
+    def _stalled(self, batch: dict, why: str) -> None:
+        """The watchdog's verdict: fail the batch, then end this actor's process, and with
+        it the Ray Data run it drives (the engine actors are this process's, so they go
+        too). Ray Data would otherwise wait on a dead or hung engine for ever."""
+        self._fail(batch, why)
+        os._exit(1)
+
+
+class _Watchdog:
+    """Calls `on_expiry(reason)` once when the engine gave no result for too long:
+    `start_s` for its first (its start), `stall_s` between results. Lines refused before
+    the engine do not count: they are written before it starts."""
+
+    def __init__(self, start_s: float, stall_s: float, on_expiry) -> None:
+        self.start_s, self.stall_s, self.on_expiry = start_s, stall_s, on_expiry
+        self.last = time.monotonic()
+        self.results = 0
+        self.done = threading.Event()
+        threading.Thread(target=self._watch, name="batch-watchdog", daemon=True).start()
+
+    def progressed(self) -> None:
+        self.last = time.monotonic()
+        self.results += 1
+
+    def stop(self) -> None:
+        self.done.set()
+
+    def _watch(self) -> None:
+        while not self.done.wait(min(5.0, self.stall_s / 10)):
+            waited = time.monotonic() - self.last
+            if self.results == 0 and waited > self.start_s:
+                why = (f"no result {waited:.0f} s after the batch started "
+                       f"(batch.start_timeout_s {self.start_s:g}): its engine did not start")
+            elif self.results and waited > self.stall_s:
+                why = (f"no new result for {waited:.0f} s (batch.stall_timeout_s "
+                       f"{self.stall_s:g}) after {self.results} results: the batch engine "
+                       f"died or hangs. The finished lines are in the output and error files; "
+                       f"a new batch of the rest runs them")
+            else:
+                continue
+            self.on_expiry(why)
+            return
 
 
 class _CountsToRow:

@@ -212,7 +212,8 @@ class BatchRoutes:
         # batch outlives the replica that started it and its job's tasks are not captured
         runner = ray.remote(BatchRunner).options(
             **service_actor_options(runner_name(row["id"]), max_restarts=0)).remote(
-                row["id"], self._batch_db_url, str(store.files_dir), job, settings.max_running)
+                row["id"], self._batch_db_url, str(store.files_dir), job, settings.max_running,
+                settings.start_timeout_s, settings.stall_timeout_s)
         runner.run.remote()
 
     def _alive(self, batch_id: str) -> bool:
