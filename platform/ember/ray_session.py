@@ -61,7 +61,11 @@ def ray_logs_to(path: Path, keep: str | None = None):
     import ray.data  # noqa: F401  (it configures its loggers on import: do that first)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
+    # A StreamHandler over a file we own, not a FileHandler: a library that calls
+    # logging.config.dictConfig while the block runs (pymilvus does on import) closes
+    # every handler, and a FileHandler's close() would close the file under our feet.
+    log_file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in `finally`)
+    handler = logging.StreamHandler(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     saved = {}
     for name in LIBRARY_LOGGERS:
@@ -71,8 +75,8 @@ def ray_logs_to(path: Path, keep: str | None = None):
         logger.propagate = False
     sys.stderr.flush()
     real_stderr = os.dup(2)
-    os.dup2(handler.stream.fileno(), 2)
-    real_stdout, sys.stdout = sys.stdout, _RayThreadsTo(handler.stream, sys.stdout, keep)
+    os.dup2(log_file.fileno(), 2)
+    real_stdout, sys.stdout = sys.stdout, _RayThreadsTo(log_file, sys.stdout, keep)
     try:
         yield path
     finally:
@@ -84,6 +88,7 @@ def ray_logs_to(path: Path, keep: str | None = None):
             logger = logging.getLogger(name)
             logger.handlers, logger.propagate = handlers, propagate
         handler.close()
+        log_file.close()
 
 
 def quiet_ray_data() -> None:

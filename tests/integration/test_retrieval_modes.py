@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -9,7 +10,7 @@ import pytest
 from ember.ingest.config import IngestConfig
 from ember.ingest.pipeline import run_ingest
 
-from .conftest import COLLECTION
+from .conftest import COLLECTION, REPO
 from .keys import AUTH
 from .test_rag import QUESTIONS
 
@@ -49,6 +50,40 @@ def test_an_unknown_mode_is_a_400_naming_it(base_url):
     response = retrieve(base_url, query="fares", mode="semantic")
     assert response.status_code == 400 and "mode" in response.text
     assert retrieve(base_url, query="fares").status_code == 200
+
+
+def test_eval_retrieval_reports_each_set_and_pools_them_as_one(base_url, tmp_path, capsys):
+    """`ember eval retrieval` on the sample questions, once as one file and once cut in two:
+    the halves are reported apart, their pool counts what the whole file does (a page's rank
+    does not depend on the file its question is in), and each miss names its half."""
+    from ember.cli.main import main
+
+    whole = REPO / "samples" / "eval" / "docs-questions.jsonl"
+    lines = whole.read_text().splitlines()
+    halves = [tmp_path / "first.jsonl", tmp_path / "second.jsonl"]
+    halves[0].write_text("\n".join(lines[:6]) + "\n")
+    halves[1].write_text("\n".join(lines[6:]) + "\n")
+    common = ["--collection", COLLECTION, "--modes", "dense,keyword", "--url", base_url]
+    assert main(["eval", "retrieval", str(whole), *common,
+                 "--json", str(tmp_path / "whole.json")]) == 0
+    assert main(["eval", "retrieval", *map(str, halves), *common,
+                 "--json", str(tmp_path / "split.json")]) == 0
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("whole", "split"))
+
+    ranks = ("mode", "hit@1", "hit@3", "hit@5", "mrr@10")
+    assert [[m[k] for k in ranks] for m in two["modes"]] == \
+        [[m[k] for k in ranks] for m in one["modes"]]
+    assert (one["questions"], two["questions"]) == (12, 12)
+    assert [(s["name"], s["questions"]) for s in two["sets"]] == [("first", 6), ("second", 6)]
+    for i, pooled in enumerate(two["modes"]):
+        assert pooled["hit@1"] == sum(s["modes"][i]["hit@1"] for s in two["sets"])
+        expected = [("first", m["line"]) if m["line"] <= 6 else ("second", m["line"] - 6)
+                    for m in one["modes"][i]["misses"]]
+        assert [(m["set"], m["line"]) for m in pooled["misses"]] == expected
+    assert one["modes"][0]["hit@5"] >= 10, one["modes"][0]  # dense finds the sample's pages
+    printed = capsys.readouterr().out
+    assert "6 (first) + 6 (second) questions on collection" in printed
+    assert "| first (6) | dense |" in printed and "| pooled (12) | keyword |" in printed
 
 
 def test_the_service_follows_a_collection_as_it_is_ingested(base_url, milvus_uri, tmp_path):

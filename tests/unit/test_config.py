@@ -46,3 +46,15 @@ def test_load_yaml_names_missing_file_and_non_mapping(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_yaml(tmp_path / "list.yaml")
+
+
+def test_a_score_threshold_needs_dense_search():
+    """Fused ranks and BM25 scores are not cosines: a threshold there would do nothing."""
+    from ember.serving.rag.config import RAGAppConfig
+
+    assert validate(RAGAppConfig, {}).rag.mode == "hybrid"  # docs/rag.md, "Retrieval"
+    with pytest.raises(ConfigError, match=r"score_threshold \(0.3\) applies to dense .* "
+                                          r"mode is 'hybrid': set mode: dense"):
+        validate(RAGAppConfig, {"rag": {"score_threshold": 0.3}})
+    dense = validate(RAGAppConfig, {"rag": {"score_threshold": 0.3, "mode": "dense"}})
+    assert dense.rag.score_threshold == 0.3

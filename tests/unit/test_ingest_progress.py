@@ -148,3 +148,17 @@ def test_workers_ember_lines_reach_the_terminal_without_rays_prefix(tmp_path, ca
     text = path.read_text()
     assert "Reporting training result 5" in text and "Loading weights" in text
     assert "ember.train" not in text
+
+
+def test_a_library_reconfiguring_logging_does_not_close_the_file(tmp_path, capsys):
+    """pymilvus calls logging.config.dictConfig on import, which closes every handler there
+    is: `ember ingest` imports it inside the block, then prints and flushes its progress line.
+    (Closed here by hand: a real dictConfig would close pytest's own handlers too.)"""
+    path = tmp_path / "ray.log"
+    with ray_logs_to(path):
+        for handler in logging.getLogger("ray.data").handlers:
+            handler.close()  # what dictConfig does to it
+        print("  68/530 files read", flush=True)
+        os.write(2, b"a line from C++\n")
+    assert "68/530 files read" in capsys.readouterr().out
+    assert "a line from C++" in path.read_text()

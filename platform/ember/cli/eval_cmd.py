@@ -1,4 +1,5 @@
-"""`ember eval retrieval QUESTIONS.jsonl --collection NAME`: retrieval quality and latency.
+"""`ember eval retrieval QUESTIONS.jsonl... --collection NAME`: retrieval quality and latency,
+per question set and pooled.
 `ember eval model MODEL --base BASE --data HELD_OUT.jsonl`: a model's answers and
 perplexity on held-out chats, beside its base."""
 
@@ -17,7 +18,9 @@ def register(commands) -> None:
     retrieval = kinds.add_parser(
         "retrieval", help="hit@1/3/5, MRR@10 and latency of /v1/retrieve on questions whose "
                           "answering source is known")
-    retrieval.add_argument("questions", help='JSONL: {"question": ..., "source": ...} per line')
+    retrieval.add_argument("questions", nargs="+",
+                           help='JSONL: {"question": ..., "source": ...} per line; several '
+                                'files are reported per set and pooled')
     retrieval.add_argument("--collection", required=True)
     retrieval.add_argument("--modes", default="dense,hybrid,hybrid+rerank",
                            help="comma-separated: dense, keyword, hybrid, dense+rerank, "
@@ -128,13 +131,14 @@ def run_retrieval(args) -> int:
     unknown = [m for m in modes if m not in ev.MODES]
     if unknown or not modes:
         raise EmberError(f"unknown mode(s) {unknown}: choose from {', '.join(ev.MODES)}")
-    questions = ev.load_questions(args.questions)
-    print(f"{len(questions)} questions on collection '{args.collection}', modes: "
-          f"{', '.join(modes)}")
+    sets = ev.load_question_sets(args.questions)
+    counts = " + ".join(f"{len(s.questions)} ({s.name})" for s in sets) if len(sets) > 1 \
+        else str(len(sets[0].questions))
+    print(f"{counts} questions on collection '{args.collection}', modes: {', '.join(modes)}")
     with Client(args.url, api_key=args.api_key, timeout=120) as client:
-        results = ev.evaluate(client, questions, args.collection, modes)
-    print(ev.format_report(results, len(questions)))
+        per_set = ev.evaluate(client, sets, args.collection, modes)
+    print(ev.format_report(per_set))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(ev.as_json(results, len(questions)), f, indent=2)
+            json.dump(ev.as_json(per_set), f, indent=2)
     return 0

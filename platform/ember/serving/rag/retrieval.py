@@ -53,7 +53,7 @@ class Retrieved:
 
 @dataclass
 class SearchSettings:
-    mode: str = "dense"
+    mode: str = "hybrid"  # as RetrievalConfig.mode
     rerank: bool = False
     rerank_candidates: int = 20
     reranker: str | None = None
