@@ -159,8 +159,8 @@ class ModelDeploymentConfig(_Strict):
     tool_calling: ToolCallingConfig | Literal["auto"] | None = Field(
         "auto", description="`tools`/`tool_choice` on this model; auto: what the catalogue "
                             "knows of `source` (on for smollm2-135m-instruct, off for "
-                            "other models); null: off (a request with tool_choice "
-                            "required or named gets 400)")
+                            "other models); null: off (a request with `tools` gets 400 "
+                            "unless tool_choice is none)")
 
     def engine_kwargs(self) -> dict[str, Any]:
         lora = self.lora.to_engine_kwargs() if self.lora is not None else {}
