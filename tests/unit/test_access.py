@@ -115,6 +115,8 @@ def test_per_request_ceilings_name_the_field():
     refused = gate.check_generation(Body(n=None, max_tokens=None, max_completion_tokens=101))
     assert json.loads(refused.body)["error"]["param"] == "max_completion_tokens"
     assert gate.check_embedding_inputs(9).status_code == 400
+    refused = gate.check_generation(Body(n=None, max_tokens=None, max_output_tokens=101))
+    assert json.loads(refused.body)["error"]["param"] == "max_output_tokens"  # /v1/responses
 
 
 def test_the_meter_reads_usage_and_strips_the_event_the_client_did_not_ask_for():
@@ -242,3 +244,34 @@ def test_request_state_written_by_a_route_is_read_by_the_gate():
     assert request_state.key_of(request.scope) == "the key"
     assert request_state.served_model_of(gate_scope) == "smollm2"
     assert request_state.strips_usage(gate_scope)
+
+
+def test_the_meter_reads_the_usage_of_a_responses_answer_and_stream():
+    from ember.access.gate import UsageMeter
+
+    async def send(message):
+        pass
+
+    async def meter_of(content_type: bytes, *bodies: bytes) -> UsageMeter:
+        meter = UsageMeter()
+        metered = meter.wrap(send, {})
+        await metered({"type": "http.response.start", "status": 200,
+                       "headers": [(b"content-type", content_type)]})
+        for body in bodies:
+            await metered({"type": "http.response.body", "body": body, "more_body": True})
+        await metered({"type": "http.response.body", "body": b""})
+        return meter
+
+    usage = {"input_tokens": 11, "output_tokens": 5, "total_tokens": 16}
+    answer = {"id": "resp_1", "object": "response", "model": "m", "usage": usage}
+    meter = asyncio.run(meter_of(b"application/json", json.dumps(answer).encode()))
+    assert (meter.model, meter.prompt_tokens, meter.completion_tokens) == ("m", 11, 5)
+
+    def event(kind: str, **data) -> bytes:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+
+    meter = asyncio.run(meter_of(
+        b"text/event-stream", event("response.created", response={**answer, "usage": None}),
+        event("response.output_text.delta", delta="hi"),
+        event("response.completed", response=answer)))
+    assert (meter.model, meter.prompt_tokens, meter.completion_tokens) == ("m", 11, 5)

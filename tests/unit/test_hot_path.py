@@ -128,3 +128,14 @@ def test_a_rolled_out_name_reaches_the_engine_as_its_version_checked_by_the_name
     assert scope["state"]["ember_served_model"] == "keeper.v2"
     engine, _, sent, _ = call("/v1/chat/completions", {**body, "model": "forbidden"})
     assert not engine.calls and sent[0]["status"] == 403
+
+
+def test_responses_for_the_replicas_model_go_to_the_engine_app_as_sent():
+    body = {"model": MODEL, "input": "hi", "stream": True}
+    engine, ember, _, scope = call("/v1/responses", body)
+    assert not ember.calls and json.loads(engine.calls[0][1]) == body  # no stream_options
+    assert "ember_strip_usage" not in scope["state"]  # a Responses stream ends with usage
+    engine, ember, _, _ = call("/v1/responses", {"model": "lora-a", "input": "hi"})
+    assert engine.calls and not ember.calls
+    engine, ember, _, _ = call("/v1/responses", {"model": "rag:docs", "input": "hi"})
+    assert ember.calls and not engine.calls  # Ember's route says what to do instead

@@ -63,8 +63,8 @@ def behind_stream_guard() -> bool:
 # Generation routes get an open usage row when admitted (status 0, no tokens), replaced
 # by the finished row of the same id: a request whose replica dies while it runs keeps a
 # row. Behind HAProxy no other process sees its stream to write one (docs/operations.md).
-OPEN_ROW_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/generate",
-                            "/rag-generate"})
+OPEN_ROW_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses",
+                            "/generate", "/rag-generate"})
 
 
 class AccessGate:
@@ -148,7 +148,7 @@ class AccessGate:
         n = getattr(body, "n", None) or 1
         if isinstance(n, int) and n > self.limits.max_n:
             return _over("n", n, self.limits.max_n)
-        for field in ("max_tokens", "max_completion_tokens"):
+        for field in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
             value = getattr(body, field, None)
             if isinstance(value, int) and value > self.limits.max_tokens:
                 return _over(field, value, self.limits.max_tokens)
@@ -271,6 +271,8 @@ class UsageMeter:
         kept = []
         for event in body.split(b"\n\n"):
             payload = event.strip()
+            if payload.startswith(b"event:"):  # Responses events: `event: <type>\ndata: ...`
+                payload = payload.partition(b"\n")[2].lstrip()
             if payload.startswith(b"data:") and payload[5:].strip() != b"[DONE]":
                 try:
                     data = json.loads(payload[5:])
@@ -284,11 +286,14 @@ class UsageMeter:
         return b"\n\n".join(kept)
 
     def _take(self, data: dict) -> None:
+        if isinstance(data.get("response"), dict):  # a Responses stream event
+            data = data["response"]
         self.model = self.model or data.get("model")
         usage = data.get("usage")
-        if isinstance(usage, dict):
-            self.prompt_tokens = usage.get("prompt_tokens") or 0
-            self.completion_tokens = usage.get("completion_tokens") or 0
+        if isinstance(usage, dict):  # Responses name the counts input/output tokens
+            self.prompt_tokens = usage.get("prompt_tokens") or usage.get("input_tokens") or 0
+            self.completion_tokens = (usage.get("completion_tokens")
+                                      or usage.get("output_tokens") or 0)
 
 
 class AccessMiddleware:

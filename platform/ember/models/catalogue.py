@@ -20,6 +20,7 @@ from ember.models.entries import CatalogueEntry, ModelNotAvailableError
 DEFAULT_LLM = "smollm2-135m-instruct"
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
 DEFAULT_RERANKER: str | None = None  # set once a packaged cross-encoder is in the catalogue
+CHAT_TEMPLATES = Path(__file__).parent / "chat_templates"  # <name>.jinja, shipped with Ember
 
 CATALOGUE: dict[str, CatalogueEntry] = {
     DEFAULT_LLM: CatalogueEntry(
@@ -29,6 +30,10 @@ CATALOGUE: dict[str, CatalogueEntry] = {
         hf_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         description="SmolLM2 135M instruct (embedded, from GGUF Q4_1 to bf16 safetensors)",
         source_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        # trained to call tools as <tool_call>[{"name", "arguments"}, ...]</tool_call>
+        # (JSON arrays: xLAM's format); its shipped chat template renders no tools
+        tool_parser="xlam",
+        tool_chat_template="smollm2-tools",
     ),
     DEFAULT_EMBEDDER: CatalogueEntry(
         name=DEFAULT_EMBEDDER,
@@ -57,6 +62,20 @@ def resolve_model(ref: str, prepare: bool = True) -> str:
         f"unknown model '{ref}': not a catalogue name ({', '.join(CATALOGUE)}), not an "
         f"existing folder and not a Hugging Face id (org/name)."
     )
+
+
+def load_chat_template(ref: str) -> str:
+    """The text of a chat template: a file, or the name of one Ember ships
+    (CHAT_TEMPLATES). Read here, not in the replica: vLLM takes the text itself."""
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        path = CHAT_TEMPLATES / f"{ref}.jinja"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in CHAT_TEMPLATES.glob("*.jinja"))
+        raise ModelNotAvailableError(
+            f"chat template '{ref}' is neither a file nor one Ember ships "
+            f"({', '.join(shipped)}): give the path of a Jinja chat template.")
+    return path.read_text()
 
 
 def _resolve_catalogue(entry: CatalogueEntry, prepare: bool) -> Path:

@@ -27,6 +27,10 @@ class CatalogueEntry:
     hf_id: str  # what the model is called on the Hugging Face hub
     description: str
     source_file: str | None = None  # the GGUF file inside the package, for LLMs
+    # OpenAI tool calling: vLLM's parser for the model's tool-call format, and a chat
+    # template that renders `tools` (one of CHAT_TEMPLATES) where the model's own does not
+    tool_parser: str | None = None
+    tool_chat_template: str | None = None
 
     def package_dir(self) -> Path:
         """Folder of the installed package, found without importing it.

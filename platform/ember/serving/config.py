@@ -101,6 +101,26 @@ class LoraServingConfig(_Strict):
         return {"enable_lora": True, **self.model_dump(exclude_none=True)}
 
 
+class ToolCallingConfig(_Strict):
+    """OpenAI tool calling (`tools`, `tool_choice`) on this model's engines: vLLM renders
+    the tools into the prompt (chat template) and parses the model's calls back."""
+
+    parser: str = Field(min_length=1, description="vLLM's tool-call parser for the model's "
+                                                  "format (vLLM's --tool-call-parser: hermes, "
+                                                  "llama3_json, mistral, xlam, ...)")
+    chat_template: str | None = Field(
+        None, description="a chat template that renders `tools`: a file, or the name of one "
+                          "Ember ships (smollm2-tools); null: the model's own")
+
+    def to_engine_kwargs(self) -> dict[str, Any]:
+        from ember.models.catalogue import load_chat_template
+
+        kwargs = {"enable_auto_tool_choice": True, "tool_call_parser": self.parser}
+        if self.chat_template is not None:
+            kwargs["chat_template"] = load_chat_template(self.chat_template)
+        return kwargs
+
+
 class ModelDeploymentConfig(_Strict):
     """One served model: a name in /v1/models and the deployment behind it."""
 
@@ -136,9 +156,29 @@ class ModelDeploymentConfig(_Strict):
         None, description="serve LoRA adapters on this model's engines (on CPU this costs "
                            "up to a third of the base's throughput); null: none")
 
+    tool_calling: ToolCallingConfig | Literal["auto"] | None = Field(
+        "auto", description="`tools`/`tool_choice` on this model; auto: what the catalogue "
+                            "knows of `source` (on for smollm2-135m-instruct, off for "
+                            "other models); null: off (a request with `tools` gets 400 "
+                            "unless tool_choice is none)")
+
     def engine_kwargs(self) -> dict[str, Any]:
         lora = self.lora.to_engine_kwargs() if self.lora is not None else {}
-        return {**self.engine.to_engine_kwargs(), **lora}
+        tools = self.tool_settings()
+        tools = tools.to_engine_kwargs() if tools is not None else {}
+        return {**self.engine.to_engine_kwargs(), **lora, **tools}
+
+    def tool_settings(self) -> ToolCallingConfig | None:
+        """`tool_calling` with "auto" resolved through the catalogue."""
+        if self.tool_calling != "auto":
+            return self.tool_calling
+        from ember.models.catalogue import CATALOGUE
+
+        entry = CATALOGUE.get(self.source)
+        if entry is None or entry.tool_parser is None:
+            return None
+        return ToolCallingConfig(parser=entry.tool_parser,
+                                 chat_template=entry.tool_chat_template)
 
 
 class LLMAppConfig(_Strict):

@@ -11,11 +11,12 @@ builds one ASGI app in its own process, with its own event loop:
 
     AccessMiddleware (keys, limits, usage)         ember.access.gate
       HotPath
-        POST /v1/chat/completions, /v1/completions for this replica's model, a
-          LoRA adapter on it, or a rolled-out name's version of one
+        POST /v1/chat/completions, /v1/completions, /v1/responses for this
+          replica's model, a LoRA adapter on it, or a rolled-out name's version of one
           -> vLLM's own OpenAI server app on this replica's engine client
              (the code a plain `vllm serve` runs; no Ray hop per token; vLLM
-             loads an adapter through Ember's resolver, `serving/adapters.py`)
+             loads an adapter through Ember's resolver, `serving/adapters.py`;
+             Ray's ingress has no Responses route, so only this path serves it)
         everything else (rag:* models, other models, an adapter that failed to
           load, /v1/models, /v1/retrieve, /health, ...) -> Ember's routes
           (`OpenAIRoutes` / `RAGRoutes`, bound on Ray's OpenAI FastAPI app by
@@ -53,7 +54,9 @@ from ember.ray_internals import (
 )
 
 logger = logging.getLogger("ember.engine_replica")
-HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
+# where a streamed request is asked for a usage event (Responses always end with one)
+STREAM_OPTIONS_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
 class EngineServer(LLMServer):
@@ -143,7 +146,8 @@ class HotPath:
             await refusal(scope, receive, send)
             return
         rewrite = served != asked
-        if data.get("stream") and not (data.get("stream_options") or {}).get("include_usage"):
+        if (data.get("stream") and scope["path"] in STREAM_OPTIONS_PATHS
+                and not (data.get("stream_options") or {}).get("include_usage")):
             set_strip_usage(scope)  # see openai_routes.with_usage
             data["stream_options"] = {**(data.get("stream_options") or {}),
                                       "include_usage": True}

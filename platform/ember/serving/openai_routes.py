@@ -60,16 +60,20 @@ from ember.serving.batch_routes import BATCH_ROUTES, BatchRoutes
 
 ADAPTER_CHECK_S = 2.0  # a registered or removed adapter is seen within this
 
-# Ray's OpenAI routes, the Batch API and /health; `engine_replica.routes_app` binds them
-ROUTES = {**DEFAULT_ENDPOINTS, **BATCH_ROUTES, "health": lambda app: app.get("/health")}
+# Ray's OpenAI routes, the Batch API, /health, and /v1/responses for the models the hot path
+# does not serve it for; `engine_replica.routes_app` binds them
+ROUTES = {**DEFAULT_ENDPOINTS, **BATCH_ROUTES, "health": lambda app: app.get("/health"),
+          "responses": lambda app: app.post("/v1/responses")}
 
 
 class OpenAIRoutes(BatchRoutes, OpenAiIngress):
     def __init__(self, llm_deployments, model_cards, *, access: dict | None = None,
                  prices: dict[str, float] | None = None, batch: dict | None = None,
-                 lora_bases: list[str] | None = None, **kwargs) -> None:
+                 lora_bases: list[str] | None = None, hot_path_model: str | None = None,
+                 **kwargs) -> None:
         super().__init__(llm_deployments, model_cards, **kwargs)
         self.lora_bases = set(lora_bases or [])  # served models whose engines load adapters
+        self.hot_path_model = hot_path_model  # the model whose replica serves these routes
         self._adapters: dict[str, tuple[Adapter | None, float]] = {}
         self._rollouts: dict[str, tuple[rollouts.Rollout | None, float]] = {}
         access_config = AccessConfig(**(access or {}))
@@ -251,6 +255,37 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
         if refusal := self._embedding_refusal(request, body):
             return refusal
         return await super().embeddings(body, request)
+
+    async def responses(self, request: Request) -> Response:
+        """/v1/responses that the hot path did not take: it serves the Responses API from
+        vLLM's own code for the ingress replica's model and its adapters only (Ray's
+        ingress has no Responses route to reach other models through). The key's rights
+        first, as on every route; then what the client can do instead."""
+        try:
+            data = await request.json()
+        except ValueError:
+            data = None
+        model = data.get("model") if isinstance(data, dict) else None
+        if not isinstance(model, str) or not model:
+            return openai_error(400, f"'model' is required: name the model to answer (e.g. "
+                                     f"'{self.hot_path_model}').", param="model")
+        if refusal := self.gate.check_model(request_key(request), model):
+            return refusal
+        if (reason := self._no_responses_reason(model)) is None:
+            try:
+                await self._get_model_id(model)  # 404 listing the models, 400 a failed adapter
+            except OpenAIHTTPException as exc:
+                return openai_error(exc.status_code, exc.message, param="model")
+            reason = (f"'{model}' is served by another deployment: ask it on "
+                      f"/v1/chat/completions")
+        return openai_error(
+            400, f"/v1/responses is served for '{self.hot_path_model}' and its adapters; "
+                 f"{reason}.", param="model")
+
+    def _no_responses_reason(self, model: str) -> str | None:
+        """Why a model that exists cannot answer on /v1/responses, and what to do instead
+        (None: not one of this app's own kinds of model)."""
+        return None
 
     async def health(self) -> Response:
         return JSONResponse(self.health_report())

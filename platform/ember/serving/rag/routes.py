@@ -159,6 +159,13 @@ class RAGRoutes(OpenAIRoutes):
             response, lambda text, usage: {"answer": text, "sources": found, "usage": usage},
             first_event={"sources": found})
 
+    def _no_responses_reason(self, model: str) -> str | None:
+        if _is_rag(model):
+            return f"'{model}' is a RAG model: ask it on /v1/chat/completions"
+        if model == self.rag.embedder:
+            return f"'{model}' is an embedder: use /v1/embeddings"
+        return super()._no_responses_reason(model)
+
     async def health(self) -> Response:
         """503 without the embedder; `degraded` (200) while the vector store or the
         usage keeper is away: chats, and searches of loaded collections, still answer."""
