@@ -144,3 +144,21 @@ def test_json_nested_within_the_limit_still_answers(base_url):
     assert response.status_code in (200, 400), response.text
     if response.status_code == 400:
         assert "64" not in assert_openai_error(response)["message"]
+
+
+def test_numbers_at_the_edges_reach_the_engine_and_get_openai_answers(base_url):
+    """JSON numbers Python parses but an engine may not expect (inf, NaN, 30 digits), on the
+    hot path (the base model): never a 5xx, and the engine answers afterwards."""
+    for field, value in (("temperature", b"1e400"), ("top_p", b"NaN"), ("seed", b"1" * 30),
+                         ("max_tokens", b"1" * 30), ("n", b"1" * 30), ("logprobs", b"true"),
+                         ("top_logprobs", b"1" * 30), ("presence_penalty", b"-1e400")):
+        body = (b'{"model": "' + MODEL.encode() + b'", "max_tokens": 2, '
+                b'"messages": [{"role": "user", "content": "hi"}], "' + field.encode() +
+                b'": ' + value + b"}")
+        response = post(base_url, "/v1/chat/completions", content=body,
+                        headers={"content-type": "application/json"})
+        assert response.status_code < 500, (field, response.text)
+        if response.status_code >= 400:
+            assert_openai_error(response)
+    assert post(base_url, "/v1/chat/completions",
+                json={"model": MODEL, "messages": HI, "max_tokens": 4}).status_code == 200
