@@ -284,16 +284,16 @@ def test_keys_update_changes_a_live_keys_limits(base_url, access_url, local_app_
 
 def test_an_address_sending_bad_keys_gets_429_and_good_keys_elsewhere_do_not(
         base_url, local_app_args, auth):
-    """127.0.0.2 guesses keys; this test's other requests come from 127.0.0.1. Each of the
-    two replicas counts its own failures, so within 2 x limit + 1 guesses one of them has
-    seen more than `limit` and refuses (pigeonhole)."""
+    """A client (by X-Forwarded-For's last entry, `access.client_address_header` in the
+    session's config: Serve's HAProxy hides the peer) guesses keys. Each of the two
+    replicas counts its own failures, so within 2 x limit + 1 guesses one of them has seen
+    more than `limit` and refuses (pigeonhole)."""
+    assert local_app_args["access"]["client_address_header"] == "x-forwarded-for"
     limit = local_app_args["access"]["failed_auth_per_minute"]
-    guesser = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"),
-                           timeout=60)
+    guesser = {"X-Forwarded-For": "10.9.9.9, 198.51.100.7"}  # a spoofed first entry: ignored
     statuses, response = [], None
     for attempt in range(2 * limit + 1):
-        response = guesser.post(f"{base_url}/v1/retrieve", json={"query": "fares"},
-                                headers=bearer(f"ek-guess-{attempt}"))
+        response = retrieve(base_url, {**guesser, **bearer(f"ek-guess-{attempt}")})
         statuses.append(response.status_code)
         if response.status_code == 429:
             break
@@ -302,4 +302,6 @@ def test_an_address_sending_bad_keys_gets_429_and_good_keys_elsewhere_do_not(
     assert 1 <= int(response.headers["Retry-After"]) <= 60
     error = error_of(response)
     assert error["type"] == "rate_limit_error" and "invalid API key" in error["message"]
-    assert all(retrieve(base_url, auth).status_code == 200 for _ in range(4))
+    for headers in ({"X-Forwarded-For": "10.9.9.9"}, {"X-Forwarded-For": "198.51.100.8"}, {}):
+        assert all(retrieve(base_url, {**headers, **auth}).status_code == 200
+                   for _ in range(4)), headers

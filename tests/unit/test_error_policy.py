@@ -76,6 +76,8 @@ def test_the_body_check_answers_400_or_hands_the_body_on_unchanged():
           b'Internal exception: ray.llm._internal.X: y", "type": "OpenAIHTTPException", '
           b'"param": null, "code": 404}}', "The model 'x' does not exist."),
     (500, b"Internal Server Error", "The service failed while answering"),
+    (400, b'{"error": {"message": "vllm.exceptions.VLLMValidationError: Give a prompt.", '
+          b'"type": "BadRequestError", "param": "prompt", "code": 400}}', "Give a prompt."),
     (422, b'{"detail": [{"loc": ["body", "messages", 0], "msg": "Field required"}]}',
      "Invalid 'messages.0': Field required."),
 ])

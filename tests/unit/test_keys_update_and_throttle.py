@@ -66,3 +66,26 @@ def test_failures_spread_over_more_than_a_window_are_never_refused():
         for second in (0, 1):
             throttle.failed("10.0.0.1", minute * WINDOW_S + second)
     assert not throttle.blocked
+
+
+def test_the_address_is_the_headers_last_entry_or_the_peer_where_it_is_the_client():
+    scope = {"client": ("10.0.0.5", 4242)}
+    by_header = FailedAuthThrottle(3, "X-Forwarded-For", peer_is_client=False)
+    assert by_header.address(scope, {b"x-forwarded-for": b"6.6.6.6, 198.51.100.7"}) == \
+        "198.51.100.7"
+    assert by_header.address(scope, {}) is None  # behind HAProxy: not told apart, not counted
+    by_header.failed(None, 0.0)
+    assert not by_header.windows
+    assert FailedAuthThrottle(3).address(scope, {b"x-forwarded-for": b"6.6.6.6"}) == "10.0.0.5"
+
+
+def test_behind_haproxy_without_a_header_throttling_is_off(monkeypatch):
+    from ember.access.auth_throttle import build_throttle
+    from ember.access.config import AccessConfig
+
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    assert build_throttle(AccessConfig()) is None
+    assert build_throttle(AccessConfig(client_address_header="x-forwarded-for")) is not None
+    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY")
+    assert build_throttle(AccessConfig()).peer_is_client
+    assert build_throttle(AccessConfig(failed_auth_per_minute=None)) is None

@@ -14,26 +14,57 @@ Design choices:
   address, no timestamps per failure. Logged once per window, when it starts refusing.
 - cheap for good keys: a request is checked against the blocked addresses only while
   there are some (`blocked` is an empty dict otherwise), with no allocation.
-- the address is the ASGI client's (Serve's proxy passes it on). Behind a load balancer
-  that hides it, every client shares the balancer's address: turn this off there
-  (`access.failed_auth_per_minute: null`) or let the balancer throttle.
+- the address is the ASGI client's (Serve's Python proxy passes it on), or the last
+  entry of `access.client_address_header` (e.g. X-Forwarded-For, the entry the load
+  balancer in front appended) where one is configured. Behind Serve's HAProxy ingress
+  (Ember's default) every request arrives from HAProxy's own address, which does not
+  add X-Forwarded-For (Ray 2.60's template): counting by it would refuse every client
+  after one client's bad keys, so there throttling is off unless a header is configured
+  (logged at start).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 
 logger = logging.getLogger("ember.access")
 WINDOW_S = 60.0
 MAX_ADDRESSES = 100_000  # beyond: expired windows are dropped (many addresses guessing)
 
 
+def build_throttle(config) -> FailedAuthThrottle | None:
+    """The throttle an `AccessConfig` asks for, or None (auth off, or no address to count)."""
+    if not config.auth or not config.failed_auth_per_minute:
+        return None
+    header = config.client_address_header
+    behind_haproxy = os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
+    if header is None and behind_haproxy:
+        logger.warning("failed-auth throttling is off: behind Serve's HAProxy ingress every "
+                       "request comes from HAProxy's address. Set access.client_address_header "
+                       "(e.g. x-forwarded-for) if a load balancer in front sets it.")
+        return None
+    return FailedAuthThrottle(config.failed_auth_per_minute, header,
+                              peer_is_client=not behind_haproxy)
+
+
 class FailedAuthThrottle:
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, header: str | None = None,
+                 peer_is_client: bool = True) -> None:
         self.limit = limit
+        self.header = header.lower().encode() if header else None
+        self.peer_is_client = peer_is_client  # False behind HAProxy: the peer is HAProxy
         self.windows: dict[str, list[float]] = {}  # address -> [window start, failures]
         self.blocked: dict[str, float] = {}  # address -> when its window ends
+
+    def address(self, scope, headers: dict[bytes, bytes]) -> str | None:
+        """The client's address: the configured header's last entry, else the peer's;
+        None (not counted) where neither tells clients apart."""
+        if self.header is not None and (value := headers.get(self.header)):
+            return value.decode("latin-1").rsplit(",", 1)[-1].strip()
+        client = scope.get("client") if self.peer_is_client else None
+        return client[0] if client else None
 
     def retry_after(self, address: str | None, now: float) -> int | None:
         """Seconds until `address` may try again, or None if it may now."""
@@ -47,6 +78,8 @@ class FailedAuthThrottle:
 
     def failed(self, address: str | None, now: float) -> None:
         """Count one failed authentication from `address`."""
+        if address is None:
+            return
         window = self.windows.get(address)
         if window is None or now - window[0] >= WINDOW_S:
             if len(self.windows) >= MAX_ADDRESSES:

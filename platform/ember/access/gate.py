@@ -34,7 +34,7 @@ import uuid
 
 from starlette.responses import JSONResponse
 
-from ember.access.auth_throttle import FailedAuthThrottle
+from ember.access.auth_throttle import build_throttle
 from ember.access.config import AccessConfig
 from ember.access.keys import KEY_PREFIX, ApiKey, KeyLookup
 from ember.access.request_state import (
@@ -88,8 +88,7 @@ class AccessGate:
             self.keys = None
             logger.warning("API keys are OFF (access.auth: false): anyone who reaches this "
                            "service can use every route")
-        self.throttle = (FailedAuthThrottle(config.failed_auth_per_minute)
-                         if config.auth and config.failed_auth_per_minute else None)
+        self.throttle = build_throttle(config)
         self.prices = prices or {}
         self.keeper = KeeperLink(self.url, config.cost_sample_s, self.prices,
                                  config.usage_buffer_rows, config.keeper_replace_after_s)
@@ -115,11 +114,12 @@ class AccessGate:
             return _unauthorized(f"Invalid or revoked API key '{key[:10]}...'.")
         return found
 
-    def throttled(self, scope) -> JSONResponse | None:
+    def throttled(self, scope, headers: dict) -> JSONResponse | None:
         """429 for a client address refused after too many bad keys (`auth_throttle`)."""
         if self.throttle is None or not self.throttle.blocked:  # nearly always: no cost
             return None
-        wait = self.throttle.retry_after(_address(scope), time.monotonic())
+        wait = self.throttle.retry_after(self.throttle.address(scope, headers),
+                                         time.monotonic())
         if wait is None:
             return None
         response = openai_error(429, f"Too many requests with an invalid API key from this "
@@ -129,9 +129,9 @@ class AccessGate:
         response.headers["Retry-After"] = str(wait)
         return response
 
-    def auth_failed(self, scope) -> None:
+    def auth_failed(self, scope, headers: dict) -> None:
         if self.throttle is not None:
-            self.throttle.failed(_address(scope), time.monotonic())
+            self.throttle.failed(self.throttle.address(scope, headers), time.monotonic())
 
     async def admit(self, key: ApiKey | None) -> JSONResponse | None:
         if key is None or (key.rpm is None and key.tpm is None and key.budget_usd is None):
@@ -207,11 +207,6 @@ class AccessGate:
     def health(self) -> dict:
         """Accounting's state for /health: `degraded` with the reason while the keeper is away."""
         return self.keeper.status()
-
-
-def _address(scope) -> str | None:
-    client = scope.get("client")
-    return client[0] if client else None
 
 
 def _unauthorized(message: str) -> JSONResponse:
@@ -336,12 +331,12 @@ class AccessMiddleware:
         limit = gate.body_limit(scope["path"])
         key, rejection = None, _too_large(headers, limit)
         if rejection is None:
-            rejection = gate.throttled(scope)
+            rejection = gate.throttled(scope, headers)
         if rejection is None:
             found = gate.authenticate(headers)
             key, rejection = (None, found) if isinstance(found, JSONResponse) else (found, None)
             if key is None and rejection is not None:
-                gate.auth_failed(scope)
+                gate.auth_failed(scope, headers)
         if rejection is None:
             rejection = await gate.admit(key)
         meter = UsageMeter()

@@ -24,8 +24,7 @@ from ember.openai_errors import clean_message, error_body, error_type, openai_er
 _OPENAI_TYPES = frozenset({"invalid_request_error", "authentication_error",
                            "insufficient_quota", "permission_error", "not_found_error",
                            "timeout_error", "rate_limit_error", "server_error", "api_error",
-                           "invalid_model", "adapter_load_failed", "BadRequestError",
-                           "NotFoundError"})
+                           "invalid_model", "adapter_load_failed"})
 _GENERIC = {404: "No such route. The OpenAI routes are under /v1 (GET /v1/models lists "
                  "the models).",
             405: "This route does not answer that HTTP method.",
