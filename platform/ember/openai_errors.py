@@ -41,10 +41,15 @@ _TYPES = {
 }
 
 
+# "vllm.exceptions.VLLMValidationError: <what>": an exception's class path before its text
+_CLASS_PATH = re.compile(r"^(?:[A-Za-z_]\w*\.)+[A-Z]\w*(?:Error|Exception): ")
+
+
 def clean_message(message: str) -> str:
-    """The user-facing part of a Ray-wrapped error message."""
+    """The user-facing part of a Ray-wrapped error message, without a class path."""
     match = _RAY_WRAPPED.match(message)
-    return match.group("what").strip() if match else message
+    what = match.group("what").strip() if match else message
+    return _CLASS_PATH.sub("", what, count=1)
 
 
 def error_param(message: str) -> str | None:

@@ -143,6 +143,9 @@ def serve_config(milvus_uri, access_url, tmp_path_factory) -> dict:
     args["access"]["database_url"] = access_url
     args["access"]["cost_sample_s"] = 2  # budgets are charged within seconds (test_access)
     args["access"]["keeper_replace_after_s"] = 10  # a silent keeper (test_service_actors)
+    # Serve's HAProxy hides clients' addresses: failed-auth throttling counts by this header
+    # (test_access), as behind a load balancer that sets it; requests without it are not counted
+    args["access"]["client_address_header"] = "x-forwarded-for"
     # Two engine replicas (each answers HTTP): per-key limits must hold across them
     # (test_access), and one of them is killed under load (test_serving_faults).
     args["models"][0]["autoscaling"].update(min_replicas=2, max_replicas=2)

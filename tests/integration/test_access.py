@@ -252,3 +252,56 @@ def test_cost_report_prints_the_measured_figures(base_url, access_url):
     assert "| tiny-budget |" in out.stdout and "| total |" in out.stdout
     assert "hosted (gpt-4o-mini at $0.15/$0.6 per 1M input/output tokens)" in out.stdout
     assert "break-even:" in out.stdout
+
+
+def keys_cli(access_url: str, *args: str) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "ember.cli.main", "keys", "--database-url",
+                           access_url, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_keys_update_changes_a_live_keys_limits(base_url, access_url, local_app_args):
+    """`ember keys update` changes the limits of a key in use; the replicas apply it once
+    their cached lookup expires (access.key_cache_s), and the key text stays the same."""
+    cache_s = local_app_args["access"]["key_cache_s"]
+    key, _ = create_key(access_url, "to-update")
+    assert [retrieve(base_url, bearer(key)).status_code for _ in range(3)] == [200] * 3
+    assert "rpm 2" in keys_cli(access_url, "update", "to-update", "--rpm", "2")
+    time.sleep(cache_s + 0.5)  # both replicas' cached lookups have expired
+    statuses = [retrieve(base_url, bearer(key)) for _ in range(3)]
+    assert [r.status_code for r in statuses] == [200, 200, 429]
+    assert "(2 requests per minute)" in error_of(statuses[-1])["message"]
+    assert "no limits" in keys_cli(access_url, "update", "to-update", "--rpm", "none",
+                                   "--name", "updated")
+    time.sleep(cache_s + 0.5)
+    assert retrieve(base_url, bearer(key)).status_code == 200
+    assert "updated " in keys_cli(access_url, "list")
+
+
+def test_an_address_sending_bad_keys_gets_429_and_good_keys_elsewhere_do_not(
+        base_url, local_app_args, auth):
+    """A client (by X-Forwarded-For's last entry, `access.client_address_header` in the
+    session's config: Serve's HAProxy hides the peer) guesses keys. Each of the two
+    replicas counts its own failures, so within 2 x limit + 1 guesses one of them has seen
+    more than `limit` and refuses (pigeonhole)."""
+    assert local_app_args["access"]["client_address_header"] == "x-forwarded-for"
+    limit = local_app_args["access"]["failed_auth_per_minute"]
+    guesser = {"X-Forwarded-For": "10.9.9.9, 198.51.100.7"}  # a spoofed first entry: ignored
+    statuses, response = [], None
+    for attempt in range(2 * limit + 1):
+        response = retrieve(base_url, {**guesser, **bearer(f"ek-guess-{attempt}")})
+        statuses.append(response.status_code)
+        if response.status_code == 429:
+            break
+    assert statuses[-1] == 429 and set(statuses[:-1]) == {401}, statuses
+    assert len(statuses) > limit, statuses
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+    error = error_of(response)
+    assert error["type"] == "rate_limit_error" and "invalid API key" in error["message"]
+    for headers in ({"X-Forwarded-For": "10.9.9.9"}, {"X-Forwarded-For": "198.51.100.8"}, {}):
+        assert all(retrieve(base_url, {**headers, **auth}).status_code == 200
+                   for _ in range(4)), headers

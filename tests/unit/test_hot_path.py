@@ -14,6 +14,7 @@ from pathlib import Path
 from ember.models.adapters import Adapter
 from ember.openai_errors import openai_error
 from ember.serving.engine_replica import HotPath
+from ember.serving.model_names import ModelNames
 
 MODEL = "m"
 
@@ -37,6 +38,7 @@ class Checks:
     `keeper.v2` (the real lookups: tests/unit/test_rollouts.py and the integration tests)."""
 
     lora_bases = {MODEL}
+    names = ModelNames({MODEL: ["m-alias"]})
     adapters = {"lora-a": Adapter("lora-a", MODEL, 8, Path("/a")),
                 "keeper.v2": Adapter("keeper.v2", MODEL, 8, Path("/k")),
                 "broken": Adapter("broken", MODEL, 8, Path("/b"), load_error="bad weights")}
@@ -75,6 +77,18 @@ def test_generation_for_the_replicas_model_goes_to_the_engine_app_unchanged():
     assert scope["state"]["ember_served_model"] == MODEL
     engine, ember, _, _ = call("/v1/completions", {"model": MODEL, "prompt": "hi"})
     assert engine.calls and not ember.calls
+
+
+def test_an_alias_or_another_case_reaches_the_engine_as_the_served_name():
+    for sent in ("M", "m-ALIAS"):
+        body = {"model": sent, "messages": [{"role": "user", "content": "hi"}]}
+        engine, ember, _, _ = call("/v1/chat/completions", body)
+        assert not ember.calls and json.loads(engine.calls[0][1]) == {**body, "model": MODEL}
+
+
+def test_a_model_that_is_not_a_string_goes_to_embers_routes_to_be_refused():
+    engine, ember, _, _ = call("/v1/chat/completions", {"model": ["m"], "messages": []})
+    assert ember.calls and not engine.calls
 
 
 def test_everything_else_goes_to_embers_routes_with_the_body_intact():

@@ -26,6 +26,15 @@ class AccessConfig(_Strict):
                                      "SQLite under $EMBER_HOME/access")
     key_cache_s: float = Field(2.0, ge=0, description="how long a replica trusts a key lookup "
                                "(a revocation takes effect within this)")
+    failed_auth_per_minute: int | None = Field(
+        20, ge=1, description="a client address that sends this many requests with a "
+                              "missing or invalid key within a minute gets 429 until the "
+                              "minute ends (per replica); null: never")
+    client_address_header: str | None = Field(
+        None, description="a header in which a load balancer in front passes the client's "
+                          "address (e.g. x-forwarded-for; its last entry is taken), for "
+                          "failed-auth throttling; null: the connection's address (behind "
+                          "Serve's HAProxy ingress that is HAProxy's, so throttling is off)")
     limits: RequestLimits = Field(default_factory=RequestLimits, description="per-request "
                                   "ceilings: 400 above one, naming it (413 for the body)")
     cost_sample_s: float = Field(10.0, gt=0, description="how often replicas are counted for "

@@ -7,7 +7,9 @@ Per request, in order:
 1. body size from Content-Length (413; a chunked body is counted as it
    arrives and cut off at the limit);
 2. `Authorization: Bearer <key>`: missing, malformed, unknown or revoked
-   -> 401 (a replica caches lookups for `key_cache_s`);
+   -> 401 (a replica caches lookups for `key_cache_s`); a client address with
+   `failed_auth_per_minute` such 401s in a minute gets 429 until the minute ends
+   (`auth_throttle`);
 3. the key's requests/min, tokens/min and budget, through the shared
    `QuotaKeeper` (429 with Retry-After; 402 for a spent budget) - only for
    keys that have such limits; while the keeper is away, from this replica's
@@ -32,6 +34,7 @@ import uuid
 
 from starlette.responses import JSONResponse
 
+from ember.access.auth_throttle import build_throttle
 from ember.access.config import AccessConfig
 from ember.access.keys import KEY_PREFIX, ApiKey, KeyLookup
 from ember.access.request_state import (
@@ -85,6 +88,7 @@ class AccessGate:
             self.keys = None
             logger.warning("API keys are OFF (access.auth: false): anyone who reaches this "
                            "service can use every route")
+        self.throttle = build_throttle(config)
         self.prices = prices or {}
         self.keeper = KeeperLink(self.url, config.cost_sample_s, self.prices,
                                  config.usage_buffer_rows, config.keeper_replace_after_s)
@@ -109,6 +113,25 @@ class AccessGate:
         if found is None:
             return _unauthorized(f"Invalid or revoked API key '{key[:10]}...'.")
         return found
+
+    def throttled(self, scope, headers: dict) -> JSONResponse | None:
+        """429 for a client address refused after too many bad keys (`auth_throttle`)."""
+        if self.throttle is None or not self.throttle.blocked:  # nearly always: no cost
+            return None
+        wait = self.throttle.retry_after(self.throttle.address(scope, headers),
+                                         time.monotonic())
+        if wait is None:
+            return None
+        response = openai_error(429, f"Too many requests with an invalid API key from this "
+                                     f"address ({self.throttle.limit} within a minute): "
+                                     f"refused for {wait} s more. Check the key you send "
+                                     f"(`ember keys list` shows the valid ones).")
+        response.headers["Retry-After"] = str(wait)
+        return response
+
+    def auth_failed(self, scope, headers: dict) -> None:
+        if self.throttle is not None:
+            self.throttle.failed(self.throttle.address(scope, headers), time.monotonic())
 
     async def admit(self, key: ApiKey | None) -> JSONResponse | None:
         if key is None or (key.rpm is None and key.tpm is None and key.budget_usd is None):
@@ -313,8 +336,12 @@ class AccessMiddleware:
         limit = gate.body_limit(scope["path"])
         key, rejection = None, _too_large(headers, limit)
         if rejection is None:
+            rejection = gate.throttled(scope, headers)
+        if rejection is None:
             found = gate.authenticate(headers)
             key, rejection = (None, found) if isinstance(found, JSONResponse) else (found, None)
+            if key is None and rejection is not None:
+                gate.auth_failed(scope, headers)
         if rejection is None:
             rejection = await gate.admit(key)
         meter = UsageMeter()

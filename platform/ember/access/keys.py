@@ -82,6 +82,40 @@ def _check_limits(name, rpm, tpm, budget_usd, models) -> None:
         raise AccessStoreError(f"--models must name models, got {models!r}")
 
 
+UNCHANGED = object()  # `update_key`'s default: leave that field as it is
+_UPDATABLE = ("rpm", "tpm", "budget_usd", "models")
+
+
+def update_key(url: str, name: str, *, new_name: str | None = None, **changes) -> ApiKey:
+    """Change a key's limits (`rpm`, `tpm`, `budget_usd`, `models`; None removes one) or
+    its name, keeping its text, id and usage. Running replicas see it within their key
+    cache time (`access.key_cache_s`)."""
+    unknown = set(changes) - set(_UPDATABLE)
+    if unknown:
+        raise AccessStoreError(f"cannot update {sorted(unknown)}; updatable: {_UPDATABLE}")
+    values = {k: v for k, v in changes.items() if v is not UNCHANGED}
+    if not values and new_name is None:
+        raise AccessStoreError("nothing to update: give --rpm, --tpm, --budget-usd, "
+                               "--models or --name")
+    _check_limits(new_name or name, values.get("rpm"), values.get("tpm"),
+                  values.get("budget_usd"), values.get("models"))
+    if "models" in values:
+        values["models"] = list(values["models"]) if values["models"] else None
+    if new_name is not None:
+        values["name"] = new_name
+    with opened(url) as engine:
+        with engine.begin() as connection:
+            row = connection.execute(sa.select(API_KEYS).where(API_KEYS.c.name == name)).first()
+            if row is None:
+                raise AccessStoreError(f"no key named '{name}' (`ember keys list` shows them)")
+            if new_name not in (None, name) and connection.execute(
+                    sa.select(API_KEYS.c.id).where(API_KEYS.c.name == new_name)).first():
+                raise AccessStoreError(f"a key named '{new_name}' already exists; choose "
+                                       f"another --name")
+            connection.execute(API_KEYS.update().where(API_KEYS.c.id == row.id).values(**values))
+    return lookup_id(url, row.id)
+
+
 def lookup_id(url: str, key_id: int) -> ApiKey:
     with opened(url) as engine:
         with engine.connect() as connection:

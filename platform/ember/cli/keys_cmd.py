@@ -1,4 +1,4 @@
-"""`ember keys create|list|revoke|migrate`: API keys of the service.
+"""`ember keys create|list|update|revoke|migrate`: API keys of the service.
 
 The keys database is the Serve config's `access.database_url` (default: SQLite
 under $EMBER_HOME/access); `--database-url` points at another. A key is
@@ -24,6 +24,16 @@ def register(commands) -> None:
     create.add_argument("--admin", action="store_true")
     create.set_defaults(func=run_create)
     sub.add_parser("list", help="all keys, with limits").set_defaults(func=run_list)
+    update = sub.add_parser("update", help="change a key's limits, models or name (the key "
+                            "text stays); 'none' removes a limit")
+    update.add_argument("name")
+    update.add_argument("--rpm", type=_or_none(int), help="requests per minute, or none")
+    update.add_argument("--tpm", type=_or_none(int), help="tokens per minute, or none")
+    update.add_argument("--budget-usd", type=_or_none(float), help="spend limit, or none")
+    update.add_argument("--models", nargs="+", help="models it may use (patterns); "
+                        "'--models none': every model")
+    update.add_argument("--name", dest="new_name", help="a new name for the key")
+    update.set_defaults(func=run_update)
     revoke = sub.add_parser("revoke", help="revoke a key by name")
     revoke.add_argument("name")
     revoke.set_defaults(func=run_revoke)
@@ -60,6 +70,25 @@ def run_list(args) -> int:
     return 0
 
 
+def run_update(args) -> int:
+    from ember.access.keys import UNCHANGED, update_key
+
+    models = args.models
+    if models is not None and [m.lower() for m in models] == ["none"]:
+        models = None
+    elif models is None:
+        models = UNCHANGED
+    # an option not given stays as it is; 'none' removes the limit
+    changes = {field: UNCHANGED if value is None else None if value == _NONE else value
+               for field, value in (("rpm", args.rpm), ("tpm", args.tpm),
+                                    ("budget_usd", args.budget_usd))}
+    record = update_key(_url(args), args.name, new_name=args.new_name, models=models,
+                        **changes)
+    print(f"updated key '{record.name}' ({_limits(record)}); running replicas apply it "
+          f"within their key cache time (access.key_cache_s, 2 s by default)")
+    return 0
+
+
 def run_revoke(args) -> int:
     from ember.access.keys import revoke
 
@@ -75,6 +104,17 @@ def run_migrate(args) -> int:
     migrate(_url(args))
     print(f"keys database at schema revision {head_revision()}")
     return 0
+
+
+_NONE = "none"  # what `_or_none` parses 'none' to (argparse's None: not given)
+
+
+def _or_none(kind):
+    """An argparse type: a number, or 'none' (the limit removed)."""
+    def parse(text: str):
+        return _NONE if text.lower() == "none" else kind(text)
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def _limits(k) -> str:

@@ -329,7 +329,7 @@ class BatchRoutes:
 async def _json_body(request: Request) -> dict:
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except ValueError:  # not JSON, not UTF-8, or a number too long to parse (4300+ digits)
         raise BatchApiError(400, "the request body is not JSON") from None
     if not isinstance(body, dict):
         raise BatchApiError(400, "the request body must be a JSON object")

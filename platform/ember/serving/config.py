@@ -124,7 +124,12 @@ class ToolCallingConfig(_Strict):
 class ModelDeploymentConfig(_Strict):
     """One served model: a name in /v1/models and the deployment behind it."""
 
-    name: str = Field(DEFAULT_LLM, min_length=1, description="the id clients send as `model`")
+    name: str = Field(DEFAULT_LLM, min_length=1, description="the id clients send as `model` "
+                      "(matched case-insensitively)")
+    aliases: list[str] = Field(
+        default_factory=list, description="other ids clients may send as `model` for this "
+                                          "model (case-insensitive); a catalogue model also "
+                                          "answers to its Hugging Face id")
     source: str = Field(DEFAULT_LLM, description="catalogue name, local folder or HF id")
     engine: EngineConfig = Field(default_factory=EngineConfig,
                                  description="vLLM engine settings")
@@ -195,8 +200,16 @@ class LLMAppConfig(_Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> LLMAppConfig:
-        names = [m.name for m in self.models]
+        # names and aliases are matched case-insensitively, so they must differ that way
+        names = [n.lower() for m in self.models for n in {m.name, *m.aliases}]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"model names must be unique; repeated: {duplicates}")
+            raise ValueError(f"model names and aliases must be unique (ignoring case); "
+                             f"repeated: {duplicates}")
         return self
+
+    def model_aliases(self) -> dict[str, list[str]]:
+        """Each model's name -> its aliases (declared, and a catalogue model's HF id)."""
+        from ember.serving.model_names import catalogue_aliases
+
+        return {m.name: catalogue_aliases(m.source, m.aliases) for m in self.models}

@@ -10,6 +10,7 @@ ASGI ingress, the hook Ray's own direct streaming uses): each engine replica
 builds one ASGI app in its own process, with its own event loop:
 
     AccessMiddleware (keys, limits, usage)         ember.access.gate
+     BodyCheck (UTF-8, JSON depth: 400)            ember.serving.request_body
       HotPath
         POST /v1/chat/completions, /v1/completions, /v1/responses for this
           replica's model, a LoRA adapter on it, or a rolled-out name's version of one
@@ -22,7 +23,9 @@ builds one ASGI app in its own process, with its own event loop:
           (`OpenAIRoutes` / `RAGRoutes`, bound on Ray's OpenAI FastAPI app by
           `routes_app`), whose calls to this
           replica's model run in-process (`LocalHandle`) and to other models
-          through Serve handles, as before.
+          through Serve handles, as before. Their non-2xx answers are reshaped as
+          OpenAI errors where the frameworks underneath answered in their own
+          shapes (`ember.serving.error_shape`); vLLM's app answers OpenAI errors itself.
 
 Serve still routes each request to a replica (power of two choices over
 replicas, autoscaling, placement groups for tensor parallelism): only the
@@ -52,6 +55,7 @@ from ember.ray_internals import (
     run_request,
     served_model_id,
 )
+from ember.serving.request_body import read_body, replay
 
 logger = logging.getLogger("ember.engine_replica")
 HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
@@ -105,11 +109,12 @@ class EmberServer(EngineServer):
 
     async def __serve_build_asgi_app__(self):
         from ember.access.gate import AccessMiddleware
+        from ember.serving.request_body import BodyCheck
 
         engine_app = await build_engine_asgi_app(self)
         hot_path = HotPath(served_model_id(self), self._routes, engine_app,
                            routes_app(self._routes, self._route_map))
-        return AccessMiddleware(hot_path, self._routes.gate)
+        return AccessMiddleware(BodyCheck(hot_path), self._routes.gate)
 
 
 class HotPath:
@@ -133,36 +138,40 @@ class HotPath:
                 and scope["path"] in HOT_PATHS):
             await self.ember_app(scope, receive, send)
             return
-        body = await _read_body(receive)
+        body = await read_body(receive)
+        if body is None:  # the client left
+            return
         data = _json_object(body)
-        asked = data.get("model") if data is not None else None
+        sent = data.get("model") if data is not None else None
+        asked = sent if sent == self.model_id else self.routes.names.canonical(sent)
         served = self._served(asked, scope)
         if served is None:
-            await self.ember_app(scope, _replay(body, receive), send)
+            await self.ember_app(scope, replay(body, receive), send)
             return
         set_served_model(scope, served)
-        checked = data if served == asked else {**data, "model": served}  # no copy: base
+        checked = data if served == sent else {**data, "model": served}  # no copy: base
         if refusal := self.routes.hot_path_refusal(scope["path"], checked, key_of(scope), asked):
             await refusal(scope, receive, send)
             return
-        rewrite = served != asked
-        if (data.get("stream") and scope["path"] in STREAM_OPTIONS_PATHS
-                and not (data.get("stream_options") or {}).get("include_usage")):
+        rewrite = served != sent
+        options = data.get("stream_options")
+        if (data.get("stream") is True and scope["path"] in STREAM_OPTIONS_PATHS
+                and (options is None or isinstance(options, dict))  # else vLLM's 400 names it
+                and not (options or {}).get("include_usage")):
             set_strip_usage(scope)  # see openai_routes.with_usage
-            data["stream_options"] = {**(data.get("stream_options") or {}),
-                                      "include_usage": True}
+            data["stream_options"] = {**(options or {}), "include_usage": True}
             rewrite = True
         if rewrite:
             body = json.dumps({**data, "model": served}).encode()
             scope = {**scope, "headers": _with_length(scope["headers"], len(body))}
-        await self.engine_app(scope, _replay(body, receive), send)
+        await self.engine_app(scope, replay(body, receive), send)
 
     def _served(self, asked: str | None, scope: dict) -> str | None:
         """The model vLLM's server code answers `asked` with here: this replica's model, or
         an adapter on it (vLLM loads it through Ember's resolver); None: Ember's routes."""
         if asked == self.model_id:
             return asked
-        if asked is None or not self.routes.lora_bases:
+        if not isinstance(asked, str) or not self.routes.lora_bases:
             return None
         adapter = self.routes.hot_path_adapter(asked, self.model_id, scope)
         if adapter is None:
@@ -196,44 +205,20 @@ class LocalHandle:
 
 def routes_app(routes, route_map: dict):
     """Ray's OpenAI FastAPI app (its error handling, CORS, request ids) with
-    `routes`' bound methods as the routes of `route_map`."""
+    `routes`' bound methods as the routes of `route_map`, answering OpenAI errors only."""
+    from ember.serving.error_shape import ErrorShape, install_error_handlers
+
     app = build_openai_fastapi_app()
+    install_error_handlers(app)
     for method_name, route in route_map.items():
         route(app)(getattr(routes, method_name))
-    return app
-
-
-async def _read_body(receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            break
-    return b"".join(chunks)
-
-
-def _replay(body: bytes, receive):
-    """A `receive` that gives the already-read body, then the real messages
-    (so a client disconnect still reaches the app and aborts the request)."""
-    sent = False
-
-    async def replayed():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed
+    return ErrorShape(app)
 
 
 def _json_object(body: bytes) -> dict | None:
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # BodyCheck refused deep nesting; never a crash
         return None
     return data if isinstance(data, dict) else None
 

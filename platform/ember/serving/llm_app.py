@@ -109,7 +109,7 @@ def build_ingress_app(config: LLMAppConfig, routes_cls: str, route_map: str,
                   "models": batch_models(config, [first, *others])},
         "prices": {m.name: m.usd_per_hour for m in config.models if m.usd_per_hour is not None},
         "lora_paths": {}, "lora_bases": [m.name for m in config.models if m.lora is not None],
-        "hot_path_model": first.model_id,
+        "hot_path_model": first.model_id, "aliases": config.model_aliases(),
         **routes_kwargs}
     name_prefix = f"{LLM_DEPLOYMENT_PREFIX}:"
     return build_llm_deployment(

@@ -7,7 +7,10 @@ app's ingress and binds these methods as routes on its own FastAPI app
 Ray already validates most requests (vLLM names the limit for an over-long
 prompt or an absurd `max_tokens`). This subclass adds what a client needs:
 - every error as an OpenAI error object, message unwrapped (`ember.openai_errors`),
-  unknown models as 404 listing the models that exist;
+  unknown models as 404 listing the models of the kind asked for (chat and
+  completions: the LLMs, adapters and rolled-out names; embeddings: the embedders);
+- a served model answers to its id in any case and to its aliases
+  (`ember.serving.model_names`), checked and routed as its own name;
 - LoRA adapters registered for a served model (`ember.models.adapters`) answer as
   their own names: listed in /v1/models with their base as `parent`, and routed to
   the base's replicas with the adapter's name kept, where vLLM loads them
@@ -57,6 +60,7 @@ from ember.ray_internals import (
     ingress_model_cards,
 )
 from ember.serving.batch_routes import BATCH_ROUTES, BatchRoutes
+from ember.serving.model_names import ModelNames
 
 ADAPTER_CHECK_S = 2.0  # a registered or removed adapter is seen within this
 
@@ -70,8 +74,9 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
     def __init__(self, llm_deployments, model_cards, *, access: dict | None = None,
                  prices: dict[str, float] | None = None, batch: dict | None = None,
                  lora_bases: list[str] | None = None, hot_path_model: str | None = None,
-                 **kwargs) -> None:
+                 aliases: dict[str, list[str]] | None = None, **kwargs) -> None:
         super().__init__(llm_deployments, model_cards, **kwargs)
+        self.names = ModelNames({name: (aliases or {}).get(name, []) for name in model_cards})
         self.lora_bases = set(lora_bases or [])  # served models whose engines load adapters
         self.hot_path_model = hot_path_model  # the model whose replica serves these routes
         self._adapters: dict[str, tuple[Adapter | None, float]] = {}
@@ -219,14 +224,33 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
         try:
             return await super()._get_model_id(model)
         except HTTPException as exc:  # Ray raises FastAPI's; re-shaped as an OpenAI error
-            available = ", ".join(sorted(ingress_model_cards(self)) + [
-                a.name for a in list_adapters(self.lora_bases)])
+            available = self.names.listing(self.chat_models())
             message = (
                 f"The model '{model}' does not exist. Available models: {available}."
                 if exc.status_code == 404
                 else f"{exc.detail} Available: {available}."
             )
             raise OpenAIHTTPException(exc.status_code, message, type="invalid_model") from None
+
+    def chat_models(self) -> list[str]:
+        """What chat and completions requests may name: the LLMs, adapters, rolled-out names."""
+        adapters = [a.name for a in list_adapters(self.lora_bases)]
+        rolled = [r.name for r in rollouts.list_rollouts() if r.name not in adapters] \
+            if self.lora_bases else []
+        return sorted(ingress_model_cards(self)) + adapters + rolled
+
+    def embedding_models(self) -> list[str]:
+        """What /v1/embeddings may name here: the served models (Ray's route asks them)."""
+        return sorted(ingress_model_cards(self))
+
+    def unknown_model(self, model, names: list[str], route: str) -> Response:
+        return openai_error(404, f"The model '{model}' does not exist for {route}. Available "
+                                 f"models: {self.names.listing(names)}.", "model")
+
+    def named(self, body):
+        """`body` naming its served model's id if it named it by an alias or in another case."""
+        model = self.names.canonical(body.model)
+        return body if model == body.model else body.model_copy(update={"model": model})
 
     async def _process_llm_request(
         self, body, call_method: str, raw_request: Request | None = None
@@ -239,12 +263,14 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         if not body.messages:
             return _no_messages()
+        body = self.named(body)
         asked, body = body.model, self._routed(body, request)  # the key's rights: by `asked`
         if refusal := self._refusal(request, body, asked):
             return refusal
         return await self._chat(body, request)
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
+        body = self.named(body)
         asked, body = body.model, self._routed(body, request)
         if refusal := self._refusal(request, body, asked):
             return refusal
@@ -252,8 +278,11 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
         return await super().completions(with_usage(body, request), request)
 
     async def embeddings(self, body: EmbeddingRequest, request: Request) -> Response:
+        body = self.named(body)
         if refusal := self._embedding_refusal(request, body):
             return refusal
+        if body.model is not None and body.model not in self.embedding_models():
+            return self.unknown_model(body.model, self.embedding_models(), "/v1/embeddings")
         return await super().embeddings(body, request)
 
     async def responses(self, request: Request) -> Response:
@@ -312,6 +341,7 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
                 "models": sorted(ingress_model_cards(self)), "accounting": accounting, **parts}
 
     async def model_data(self, model: str):
+        model = self.names.canonical(model)
         if (adapter := self.adapter(model)) is not None:
             return _adapter_card(adapter)
         if (rollout := self.rollout(model)) is not None:

@@ -13,6 +13,7 @@ from ember.serving.rag.config import RAGAppConfig
 
 def build_rag_app(config: RAGAppConfig):
     from ember.models.catalogue import resolve_model
+    from ember.serving.model_names import catalogue_aliases
     from ember.serving.rag.embeddings import build_embedder_deployment
 
     answering = config.answering_model()
@@ -20,6 +21,7 @@ def build_rag_app(config: RAGAppConfig):
         config, "ember.serving.rag.routes:RAGRoutes", "ember.serving.rag.routes:ROUTES",
         embedder=build_embedder_deployment(config.rag.embedder, config.rag.embedder_num_cpus),
         rag=config.rag.model_dump(),
+        embedder_aliases=catalogue_aliases(config.rag.embedder, config.rag.embedder_aliases),
         answering={"model": answering.name, "tokenizer": resolve_model(answering.source),
                    "max_model_len": answering.engine.max_model_len or 2048},
     )

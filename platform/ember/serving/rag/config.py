@@ -13,7 +13,13 @@ RAG_MODEL = "rag"  # `rag` uses the default collection; `rag:<collection>` names
 
 
 class RetrievalConfig(_Strict):
-    embedder: str = Field(DEFAULT_EMBEDDER, description="must match the collections' embedder")
+    embedder: str = Field(DEFAULT_EMBEDDER, description="must match the collections' embedder; "
+                                                        "/v1/embeddings answers to it")
+    embedder_aliases: list[str] = Field(
+        default_factory=list, description="other ids /v1/embeddings answers for the embedder "
+                                          "(case-insensitive); a catalogue embedder also "
+                                          "answers to its Hugging Face id "
+                                          "(sentence-transformers/all-MiniLM-L6-v2)")
     embedder_num_cpus: float = Field(0.5, ge=0, description="logical CPUs of the embedder "
                                                             "deployment (/v1/embeddings)")
     milvus_uri: str | None = Field(None, description="Lite file or server URI; default: "

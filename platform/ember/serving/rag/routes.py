@@ -6,7 +6,8 @@
   `sources` (on the first chunk when streaming); `rag@<model>` and
   `rag:<collection>@<model>` answer with another served model (a fine-tuned
   one, say) instead of the default answering model;
-- `/v1/embeddings` for the embedder (other models go to Ray's route);
+- `/v1/embeddings` for the embedder, by its name in any case or an alias (its
+  sentence-transformers name); an unknown model's 404 lists the embedder;
 - plain endpoints: POST /v1/retrieve, /generate, /rag-generate; GET /health.
 
 Answers are counted by endpoint and status, and retrievals timed, in Ray's
@@ -25,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from ember.access.telemetry import count_rag_request
 from ember.openai_errors import openai_error
 from ember.ray_internals import ChatCompletionRequest, EmbeddingRequest, ModelCard, ModelList
+from ember.serving.model_names import ModelNames
 from ember.serving.openai_routes import ROUTES as OPENAI_ROUTES
 from ember.serving.openai_routes import OpenAIRoutes, request_key
 from ember.serving.rag import streams
@@ -45,9 +47,12 @@ ROUTES = {**OPENAI_ROUTES, **RAG_ROUTES}
 
 class RAGRoutes(OpenAIRoutes):
     def __init__(self, llm_deployments, model_cards, *, lora_paths=None, embedder=None,
-                 rag: dict | None = None, answering: dict | None = None, **kwargs) -> None:
+                 rag: dict | None = None, answering: dict | None = None,
+                 embedder_aliases: list[str] | None = None, **kwargs) -> None:
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths, **kwargs)
         self.rag = RetrievalConfig(**(rag or {}))
+        self.names = ModelNames({**self.names.aliases,
+                                 self.rag.embedder: list(embedder_aliases or [])})
         self.retriever = Retriever(self.rag.embedder, self.rag.milvus_uri, self.rag.max_top_k,
                                    self.rag.score_threshold, self.rag.search_settings(),
                                    embedder_handle=embedder)
@@ -79,7 +84,7 @@ class RAGRoutes(OpenAIRoutes):
         if refusal := self._refusal(request, body, body.model, explicit):
             return refusal
         collection = collection or self.rag.default_collection
-        answering = explicit or self.answering["model"]
+        answering = self.names.canonical(explicit) or self.answering["model"]
         served = [card.id for card in (await super().models()).data]
         if answering not in served:
             return openai_error(404, f"model '{answering}' (after '@' in '{body.model}') is "
@@ -98,8 +103,15 @@ class RAGRoutes(OpenAIRoutes):
         response = await self._chat(llm_body, request)
         return streams.with_sources(response, [s.as_dict() for s in kept], body.model)
 
+    def chat_models(self) -> list[str]:
+        return [*super().chat_models(), RAG_MODEL, f"{RAG_MODEL}:<collection>"]
+
+    def embedding_models(self) -> list[str]:
+        return [self.rag.embedder]
+
     async def embeddings(self, body: EmbeddingRequest, request: Request) -> Response:
-        if body.model != self.rag.embedder:
+        body = self.named(body)
+        if body.model != self.rag.embedder:  # 404 listing the embedder (no model: Ray's 400)
             return await super().embeddings(body, request)
         if refusal := self._embedding_refusal(request, body):
             return refusal
