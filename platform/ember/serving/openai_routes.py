@@ -116,7 +116,8 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
                  f"'{asked}' out, or ask a model served without `lora:`.", param=asked)
 
     def _embedding_refusal(self, request: Request, body: EmbeddingRequest) -> Response | None:
-        count = 1 if isinstance(body.input, str) else len(body.input)
+        given = getattr(body, "input", None)  # chat-form embeddings carry `messages`
+        count = 1 if isinstance(given, str) or given is None else len(given)
         return (self.gate.check_model(request_key(request), body.model)
                 or self.gate.check_embedding_inputs(count))
 
@@ -247,6 +248,10 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
         return openai_error(404, f"The model '{model}' does not exist for {route}. Available "
                                  f"models: {self.names.listing(names)}.", "model")
 
+    def _model_required(self, names: list[str]) -> Response:
+        return openai_error(400, f"'model' is required: name the model to answer "
+                                 f"({self.names.listing(names)}).", "model")
+
     def named(self, body):
         """`body` naming its served model's id if it named it by an alias or in another case."""
         model = self.names.canonical(body.model)
@@ -263,6 +268,8 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         if not body.messages:
             return _no_messages()
+        if not body.model:
+            return self._model_required(self.chat_models())
         body = self.named(body)
         asked, body = body.model, self._routed(body, request)  # the key's rights: by `asked`
         if refusal := self._refusal(request, body, asked):
@@ -270,6 +277,8 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
         return await self._chat(body, request)
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
+        if not body.model:
+            return self._model_required(self.chat_models())
         body = self.named(body)
         asked, body = body.model, self._routed(body, request)
         if refusal := self._refusal(request, body, asked):
@@ -278,10 +287,12 @@ class OpenAIRoutes(BatchRoutes, OpenAiIngress):
         return await super().completions(with_usage(body, request), request)
 
     async def embeddings(self, body: EmbeddingRequest, request: Request) -> Response:
+        if not body.model:  # vLLM's models allow none; Ray's route then fails (a 500)
+            return self._model_required(self.embedding_models())
         body = self.named(body)
         if refusal := self._embedding_refusal(request, body):
             return refusal
-        if body.model is not None and body.model not in self.embedding_models():
+        if body.model not in self.embedding_models():
             return self.unknown_model(body.model, self.embedding_models(), "/v1/embeddings")
         return await super().embeddings(body, request)
 

@@ -115,7 +115,12 @@ class RAGRoutes(OpenAIRoutes):
             return await super().embeddings(body, request)
         if refusal := self._embedding_refusal(request, body):
             return refusal
-        texts = [body.input] if isinstance(body.input, str) else list(body.input)
+        given = getattr(body, "input", None)  # a chat-form request (`messages`) has none
+        if given is None:
+            return openai_error(400, f"'{body.model}' embeds 'input' (a string or a list of "
+                                     f"strings); chat-form embeddings ('messages') are not "
+                                     f"supported for it", "input")
+        texts = [given] if isinstance(given, str) else list(given)
         if not texts or not all(isinstance(t, str) and t for t in texts):
             return openai_error(400, "'input' must be a non-empty string or list of strings",
                                 "input")
