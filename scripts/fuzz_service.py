@@ -1,5 +1,12 @@
 """Every route of the real service, fuzzed from its own OpenAPI schema (schemathesis).
 
+    .venv/bin/python -m pytest -p tests.integration.conftest scripts/fuzz_service.py -s
+
+Held out of `make test` for now: in the one full run with it, the test after it
+(test_serving_faults' client-disconnect test) found an engine request still unfinished
+30 s after its client left. Until that is understood it runs on its own, on the
+session deployment of tests/integration/conftest.py.
+
 The service publishes `/openapi.json` (Ray's OpenAI ingress is a FastAPI app; Ember's
 routes are bound on it). Schemathesis generates requests from it, valid and invalid
 (Hypothesis underneath), a bounded number per operation, sent with a valid key. Each
